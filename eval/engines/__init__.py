@@ -1,0 +1,1 @@
+"""onbrand.eval.engines."""

@@ -1,0 +1,1 @@
+"""onbrand.kernels.triton."""
