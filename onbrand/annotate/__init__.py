@@ -1,0 +1,1 @@
+"""onbrand.annotate: the annotation web app (FastAPI + server-rendered HTML)."""
