@@ -52,6 +52,8 @@ bench: setup
 	$(BIN)/python scripts/bench_kernels.py
 	$(BIN)/python scripts/bench_train.py
 	$(BIN)/python scripts/bench_generate.py
+	$(BIN)/python scripts/bench_import.py
+	$(BIN)/python scripts/bench_report.py
 
 # Regenerate the CPU pins from the current venv (after a deliberate upgrade).
 lock:

@@ -1,0 +1,28 @@
+"""The CLI lists the stages that exist and turns config errors into clear exit-2 messages."""
+
+from __future__ import annotations
+
+import importlib
+
+from onbrand.cli import STAGE_MODULES, build_parser, main
+
+
+def test_help_lists_existing_stages(capsys):
+    help_text = build_parser().format_help()
+    assert "models" in help_text and "run" in help_text
+    for module in STAGE_MODULES:
+        try:
+            importlib.import_module(module)
+        except ModuleNotFoundError:
+            continue
+        stage = module.split(".")[1] if module.count(".") >= 1 else module
+        stage = {"training": "train", "pipeline": "run"}.get(stage, stage)
+        assert stage in help_text, f"{module} exists but `{stage}` is not in onbrand --help"
+
+
+def test_unknown_key_in_run_config_exits_2(tmp_path, capsys):
+    cfg = tmp_path / "run.yaml"
+    cfg.write_text("name: x\nmodle: embedded:smollm2-135m-instruct\n")
+    assert main(["run", str(cfg)]) == 2
+    err = capsys.readouterr().err
+    assert "modle" in err and "valid keys:" in err and "model" in err and f"{cfg}:2" in err
