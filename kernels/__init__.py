@@ -126,19 +126,16 @@ def fused_linear_logprobs(
     tv = targets.reshape(-1) if all_valid else targets.reshape(-1)[flat_valid]
     tv = tv.long().contiguous()
     hv = hv.contiguous()
+    chunk = chunk_size or chunk_rows_for(weight.shape[0], hidden.dtype, memory_budget_mb, return_stats)
+    if chunk < 1:
+        raise ValueError(f"chunk_size={chunk_size}: must be >= 1")
     if backend == "triton":
         from onbrand.kernels.triton.autograd import TritonLinearLogprobs
 
-        logp_v, ent_v, mean_v = TritonLinearLogprobs.apply(
-            hv, weight, bias, tv, 1.0 / temperature, return_stats
-        )
+        fn = TritonLinearLogprobs
     else:
-        chunk = chunk_size or chunk_rows_for(weight.shape[0], hidden.dtype, memory_budget_mb, return_stats)
-        if chunk < 1:
-            raise ValueError(f"chunk_size={chunk_size}: must be >= 1")
-        logp_v, ent_v, mean_v = ChunkedLinearLogprobs.apply(
-            hv, weight, bias, tv, 1.0 / temperature, int(chunk), return_stats
-        )
+        fn = ChunkedLinearLogprobs
+    logp_v, ent_v, mean_v = fn.apply(hv, weight, bias, tv, 1.0 / temperature, int(chunk), return_stats)
     if all_valid:
         logp = logp_v.view(shape)
         ent = ent_v.view(shape) if return_stats else None
