@@ -117,3 +117,16 @@ def kit():
     return SimpleNamespace(
         save_random_lora=save_random_lora, load_base=load_base, merged_with=merged_with, write_run=write_run
     )
+
+
+@pytest.fixture(scope="session")
+def runs(tiny_model_dir, lora_pair, tmp_path_factory):
+    """Fake ``sft`` and ``dpo`` run dirs on the tiny base (the DPO adapter/ is the exact concat)."""
+    from onbrand.adapters import concat_lora_adapters
+
+    a1, a2 = lora_pair
+    root = tmp_path_factory.mktemp("runs")
+    sft = write_run(root / "sft", str(tiny_model_dir), "sft", adapter=a1)
+    cat = concat_lora_adapters(a1, a2, root / "scratch-cat")
+    dpo = write_run(root / "dpo", str(tiny_model_dir), "dpo", adapter=cat, parent="sft", stage_adapter=a2)
+    return {"root": root, "sft": sft, "dpo": dpo, "adapters": [a1, a2]}
