@@ -1,0 +1,80 @@
+"""Atomic checkpoints and exact resume.
+
+``<run>/checkpoints/step-N/``: ``trainable.safetensors`` (the LoRA/head parameters), ``optimizer.pt``,
+``scheduler.pt``, ``rng.pt`` (torch + python RNG) and ``state.json`` (step, data position). Each is
+written into a temp dir renamed into place (``onbrand.runs.atomic_dir``), so a kill mid-save never
+leaves a complete-looking checkpoint. Loads use ``torch.load(weights_only=True)``.
+
+The data order is a pure function of (seed, epoch), so the step number is the data position.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from onbrand.runs import atomic_dir, atomic_write_json, read_json
+
+_STEP = re.compile(r"^step-(\d+)$")
+
+
+def trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {n: p.detach().cpu().contiguous().clone() for n, p in model.named_parameters() if p.requires_grad}
+
+
+def save_checkpoint(
+    run_dir: str | Path, step: int, model, optimizer, scheduler, extra: dict[str, Any], keep: int = 2
+) -> Path:
+    root = Path(run_dir) / "checkpoints"
+    final = root / f"step-{step}"
+    with atomic_dir(final) as tmp:
+        save_file(trainable_state(model), str(tmp / "trainable.safetensors"))
+        torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+        torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
+        torch.save({"torch": torch.get_rng_state(), "python": random.getstate()}, tmp / "rng.pt")
+        atomic_write_json(tmp / "state.json", {"step": step, **extra})
+    for old in list_checkpoints(run_dir)[:-keep] if keep > 0 else []:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def list_checkpoints(run_dir: str | Path) -> list[Path]:
+    root = Path(run_dir) / "checkpoints"
+    if not root.exists():
+        return []
+    found = [(int(m.group(1)), p) for p in root.iterdir() if (m := _STEP.match(p.name)) and p.is_dir()]
+    return [p for _, p in sorted(found)]
+
+
+def latest_checkpoint(run_dir: str | Path) -> Path | None:
+    ckpts = [p for p in list_checkpoints(run_dir) if (p / "state.json").exists()]
+    return ckpts[-1] if ckpts else None
+
+
+def load_checkpoint(path: str | Path, model, optimizer, scheduler) -> dict[str, Any]:
+    """Restore parameters, optimizer, scheduler and RNG in place; return ``state.json``."""
+    path = Path(path)
+    tensors = load_file(str(path / "trainable.safetensors"))
+    params = dict(model.named_parameters())
+    missing = [n for n in tensors if n not in params]
+    if missing:
+        raise ValueError(f"{path}: checkpoint has parameters this model lacks: {missing[:3]} ...")
+    with torch.no_grad():
+        for name, value in tensors.items():
+            params[name].copy_(value)
+    optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=True))
+    scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=True))
+    rng = torch.load(path / "rng.pt", weights_only=True)
+    torch.set_rng_state(rng["torch"])
+    random.setstate(_as_tuple(rng["python"]))
+    return read_json(path / "state.json")
+
+
+def _as_tuple(x):
+    return tuple(_as_tuple(v) for v in x) if isinstance(x, (list, tuple)) else x

@@ -1,0 +1,230 @@
+"""The loop every recipe shares: data order, micro-batching, DDP, clipping, metrics, checkpoints.
+
+A recipe supplies ``step_fn(model, pairs) -> (loss, metrics)`` for one micro-batch of
+:class:`~onbrand.training.batching.TokenizedPair` (loss = mean over those pairs; metrics are
+per-micro-batch means as floats or 0-d tensors). This loop is written by hand rather than on
+``transformers.Trainer`` because the packed batches (one row holds many pairs, 4D masks) and the
+hidden-state-only loss do not fit Trainer's padded-batch/logits contract; ``accelerate`` still does
+the device placement, DDP/FSDP wrapping and gradient sync.
+
+Global batch semantics: ``train.batch_size`` pairs per optimizer step across all ranks; each rank
+takes a contiguous ``batch_size / world`` slice, split into micro-batches of
+``train.micro_batch_size`` pairs. The step loss is the mean over the global batch, so a 2-process
+run equals a 1-process run with the same global batch.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import resource
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+
+from onbrand.config import check_range
+from onbrand.training.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from onbrand.training.tracking import Tracker, TrackingConfig
+
+
+@dataclass
+class TrainConfig:
+    epochs: float = 1.0
+    max_steps: int = 0  # > 0 overrides epochs
+    batch_size: int = 8  # pairs per optimizer step (global, all ranks)
+    micro_batch_size: int = 0  # pairs per forward (0 = the whole per-rank batch)
+    max_length: int = 512  # prompt + longest completion, tokens
+    max_tokens_per_row: int = 2048  # packing budget of one row
+    lr: float = 2e-4
+    weight_decay: float = 0.0
+    warmup_ratio: float = 0.1
+    scheduler: Literal["cosine", "linear", "constant"] = "cosine"
+    max_grad_norm: float = 1.0
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    gradient_checkpointing: bool = False
+    seed: int = 0
+    threads: int = 0  # torch intra-op threads (0 = torch default)
+    log_every: int = 1
+    save_every: int = 0  # checkpoint every N steps (0 = only at the end)
+    keep_checkpoints: int = 2
+    stop_after: int = 0  # stop (as if killed) after saving step N; for resume tests
+    resume: bool = True  # continue from the latest checkpoint in out_dir
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+
+    def __post_init__(self) -> None:
+        check_range("train.epochs", self.epochs, 0, None, lo_open=True)
+        check_range("train.max_steps", self.max_steps, 0, None)
+        check_range("train.batch_size", self.batch_size, 1, None)
+        check_range("train.micro_batch_size", self.micro_batch_size, 0, self.batch_size)
+        check_range("train.max_length", self.max_length, 16, 1 << 20)
+        check_range("train.max_tokens_per_row", self.max_tokens_per_row, 16, None)
+        check_range("train.lr", self.lr, 0, 1, lo_open=True)
+        check_range("train.warmup_ratio", self.warmup_ratio, 0, 1)
+        check_range("train.max_grad_norm", self.max_grad_norm, 0, None)
+        check_range("train.threads", self.threads, 0, 1024)
+
+
+class TrainingDiverged(RuntimeError):
+    """Loss became NaN/inf; the message names the step and the last good checkpoint."""
+
+
+StepFn = Callable[[torch.nn.Module, list], tuple[torch.Tensor, dict[str, Any]]]
+
+
+def autocast(precision: str, device: torch.device):
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+
+
+def make_accelerator():
+    from accelerate import Accelerator
+
+    return Accelerator(cpu=not torch.cuda.is_available())
+
+
+def batch_indices(n: int, batch: int, seed: int, step: int) -> list[int]:
+    """Global pair indices of optimizer step ``step``: a seeded permutation per epoch."""
+    per_epoch = n // batch
+    epoch, k = divmod(step, per_epoch)
+    g = torch.Generator().manual_seed(seed * 100_003 + epoch)
+    perm = torch.randperm(n, generator=g).tolist()
+    return perm[k * batch : (k + 1) * batch]
+
+
+def _optimizer(model, cfg: TrainConfig, total: int):
+    from transformers import get_scheduler
+
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not params:
+        raise ValueError("no trainable parameters (check lora.target_modules)")
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    sched = get_scheduler(
+        cfg.scheduler if cfg.scheduler != "constant" else "constant_with_warmup",
+        opt,
+        num_warmup_steps=int(round(cfg.warmup_ratio * total)),
+        num_training_steps=total,
+    )
+    return opt, sched
+
+
+def _reduce(acc, values: dict[str, float], weight: float) -> dict[str, float]:
+    """Weighted mean of per-rank metrics across ranks (weights = pairs per rank)."""
+    keys = sorted(values)
+    t = torch.tensor([values[k] * weight for k in keys] + [weight], dtype=torch.float64)
+    if acc.num_processes > 1:
+        t = acc.reduce(t.to(acc.device), reduction="sum").cpu()
+    return {k: (t[i] / t[-1]).item() for i, k in enumerate(keys)}
+
+
+@dataclass
+class LoopResult:
+    steps: int
+    last_metrics: dict[str, Any]
+    stopped_early: bool
+    seconds: float
+
+
+def total_steps(cfg: TrainConfig, n_train: int) -> int:
+    per_epoch = n_train // cfg.batch_size
+    if per_epoch < 1:
+        raise ValueError(f"train.batch_size={cfg.batch_size} is larger than the {n_train} training pairs")
+    return cfg.max_steps or max(1, int(math.floor(cfg.epochs * per_epoch)))
+
+
+def run_loop(
+    acc, model, wrapped, train: list, cfg: TrainConfig, out_dir: Path, step_fn: StepFn, run_name: str,
+    config_dict: dict, tokens_of: Callable[[list], int],
+) -> LoopResult:  # fmt: skip
+    """Train ``wrapped`` (the accelerate-prepared ``model``) for ``total_steps`` optimizer steps."""
+    world, rank = acc.num_processes, acc.process_index
+    if cfg.batch_size % world:
+        raise ValueError(f"train.batch_size={cfg.batch_size} must be divisible by the world size {world}")
+    total = total_steps(cfg, len(train))
+    opt, sched = _optimizer(model, cfg, total)
+    start = 0
+    ckpt = latest_checkpoint(out_dir) if cfg.resume else None
+    if ckpt is not None:
+        start = load_checkpoint(ckpt, model, opt, sched)["step"]
+        if acc.is_main_process:
+            print(f"resuming from {ckpt} (step {start}/{total})", file=sys.stderr)
+    tracker = Tracker(out_dir, cfg.tracking, run_name, config_dict, enabled=acc.is_main_process)
+    tracker.truncate(start)
+    last_good = str(ckpt) if ckpt else None
+    per_rank = cfg.batch_size // world
+    micro = cfg.micro_batch_size or per_rank
+    metrics: dict[str, Any] = {}
+    t_run = time.perf_counter()
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=total, initial=start, desc=run_name, disable=not acc.is_main_process, dynamic_ncols=True)
+    step = start
+    try:
+        for step in range(start + 1, total + 1):
+            t0 = time.perf_counter()
+            idx = batch_indices(len(train), cfg.batch_size, cfg.seed, step - 1)
+            mine = [train[i] for i in idx[rank * per_rank : (rank + 1) * per_rank]]
+            chunks = [mine[i : i + micro] for i in range(0, len(mine), micro)]
+            sums: dict[str, float] = {}
+            for j, chunk in enumerate(chunks):
+                sync = contextlib.nullcontext() if j == len(chunks) - 1 else acc.no_sync(wrapped)
+                with sync:
+                    loss, m = step_fn(wrapped, chunk)
+                    if not torch.isfinite(loss.detach()).all():
+                        raise TrainingDiverged(
+                            f"loss is {loss.item()} at step {step}; last good checkpoint: "
+                            f"{last_good or 'none (no checkpoint saved yet)'}. Lower train.lr, use "
+                            "train.precision=fp32, or check the data of this batch"
+                        )
+                    acc.backward(loss * (len(chunk) / len(mine)))
+                m["loss"] = loss.detach()
+                for k, v in m.items():
+                    sums[k] = sums.get(k, 0.0) + float(v) * len(chunk) / len(mine)
+            grad_norm = acc.clip_grad_norm_(
+                [p for p in model.parameters() if p.requires_grad], cfg.max_grad_norm or float("inf")
+            )
+            lr = sched.get_last_lr()[0]
+            opt.step()
+            sched.step()
+            opt.zero_grad(set_to_none=True)
+            dt = time.perf_counter() - t0
+            metrics = _reduce(acc, sums, float(len(mine)))
+            tok = _reduce(acc, {"t": float(tokens_of(mine))}, 1.0)["t"] * world
+            metrics.update(
+                grad_norm=float(grad_norm), lr=lr, step_seconds=dt, tokens_per_s=tok / dt,
+                peak_memory_mb=peak_memory_mb(acc.device), world_size=world, epoch=(step - 1) * cfg.batch_size / len(train),
+            )  # fmt: skip
+            if step % cfg.log_every == 0 or step == total:
+                tracker.log(step, metrics)
+            bar.update(1)
+            bar.set_postfix(loss=f"{metrics['loss']:.4f}", tok_s=f"{metrics['tokens_per_s']:.0f}")
+            if (cfg.save_every and step % cfg.save_every == 0) or step == cfg.stop_after:
+                if acc.is_main_process:
+                    extra = {"total_steps": total, "seed": cfg.seed}
+                    last_good = str(
+                        save_checkpoint(out_dir, step, model, opt, sched, extra, cfg.keep_checkpoints)
+                    )
+                acc.wait_for_everyone()
+            if cfg.stop_after and step == cfg.stop_after:
+                return LoopResult(step, metrics, True, time.perf_counter() - t_run)
+    except (torch.OutOfMemoryError, MemoryError) as e:
+        raise MemoryError(
+            f"out of memory at step {step} ({e}); lower train.micro_batch_size, train.max_length or "
+            "train.max_tokens_per_row, set train.gradient_checkpointing=true, or use lora.quantize=nf4"
+        ) from None
+    finally:
+        bar.close()
+        tracker.close()
+    return LoopResult(total, metrics, False, time.perf_counter() - t_run)
