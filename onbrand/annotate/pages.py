@@ -1,0 +1,188 @@
+"""Server-rendered HTML for annotators and the admin: plain HTML forms (every action works
+without JavaScript) plus one small script for keyboard shortcuts.
+
+All user-supplied text goes through :func:`esc` (``html.escape`` with quotes), and the pages are
+served with a Content-Security-Policy that allows only our own script file, so a ``<script>`` in a
+prompt or candidate is shown as text and never run.
+"""
+
+from __future__ import annotations
+
+import json
+from html import escape
+from typing import Any
+
+CSS = """
+:root { --fg:#1d2330; --muted:#5d6677; --line:#d9dee7; --bg:#f6f7f9; --card:#fff; --accent:#2f5bd3; }
+* { box-sizing: border-box; }
+body { margin:0; font:15px/1.5 system-ui,-apple-system,"Segoe UI",Roboto,sans-serif; color:var(--fg); background:var(--bg); }
+header { display:flex; justify-content:space-between; align-items:center; padding:10px 24px; background:var(--card); border-bottom:1px solid var(--line); }
+header .brand { font-weight:600; } header .progress { color:var(--muted); }
+main { max-width:1180px; margin:20px auto; padding:0 24px; }
+.card { background:var(--card); border:1px solid var(--line); border-radius:10px; padding:16px 18px; margin-bottom:16px; }
+.role { font-size:12px; text-transform:uppercase; letter-spacing:.06em; color:var(--muted); }
+.text { white-space:pre-wrap; word-wrap:break-word; margin:4px 0 10px; font:inherit; }
+.pair { display:grid; grid-template-columns:1fr 1fr; gap:16px; }
+.pair h2 { margin:0 0 6px; font-size:15px; }
+.key { display:inline-block; min-width:1.6em; padding:0 5px; border:1px solid var(--line); border-bottom-width:2px; border-radius:4px; font:12px ui-monospace,monospace; text-align:center; color:var(--muted); background:#fafbfc; }
+.actions { display:flex; flex-wrap:wrap; gap:8px; margin:6px 0 14px; }
+button { font:inherit; padding:8px 14px; border-radius:8px; border:1px solid var(--line); background:var(--card); cursor:pointer; }
+button.primary { background:var(--accent); border-color:var(--accent); color:#fff; }
+button:hover { filter:brightness(.97); }
+.tags { display:flex; flex-wrap:wrap; gap:6px 14px; margin:4px 0 10px; }
+.tags label { color:var(--fg); }
+textarea { width:100%; min-height:90px; font:inherit; padding:8px; border:1px solid var(--line); border-radius:8px; }
+table { border-collapse:collapse; width:100%; } th,td { text-align:left; padding:6px 10px; border-bottom:1px solid var(--line); }
+.muted { color:var(--muted); } .error { color:#b42318; }
+input[type=password] { font:inherit; padding:8px; width:100%; max-width:420px; border:1px solid var(--line); border-radius:8px; }
+"""
+
+# Keyboard shortcuts; ignored while typing in the rewrite box (Escape leaves it).
+JS = """
+(function () {
+  var form = document.getElementById('judge');
+  if (!form) return;
+  var sent = false;
+  form.addEventListener('submit', function (e) { if (sent) { e.preventDefault(); } sent = true; });
+  var keys = {'1':'left', 'a':'left', 'ArrowLeft':'left', '2':'right', 'b':'right', 'ArrowRight':'right',
+              '3':'tie', 't':'tie', '4':'both_bad', 'x':'both_bad', 's':'skip'};
+  document.addEventListener('keydown', function (e) {
+    var t = e.target;
+    if (t && (t.tagName === 'TEXTAREA' || t.tagName === 'INPUT')) {
+      if (e.key === 'Escape') { t.blur(); }
+      return;
+    }
+    if (e.ctrlKey || e.metaKey || e.altKey) return;
+    if (e.key === 'r') { e.preventDefault(); var d = document.getElementById('rewrite-box'); d.open = true;
+      document.getElementById('rewrite').focus(); return; }
+    var choice = keys[e.key];
+    if (!choice) return;
+    e.preventDefault();
+    var btn = document.getElementById('btn-' + choice);
+    if (btn && !sent) { form.requestSubmit(btn); }
+  });
+})();
+"""
+
+
+def esc(value: Any) -> str:
+    return escape(str(value), quote=True)
+
+
+def page(title: str, body: str, header: str = "") -> str:
+    return (
+        "<!doctype html><html lang=en><head><meta charset=utf-8>"
+        '<meta name=viewport content="width=device-width, initial-scale=1">'
+        f'<title>{esc(title)}</title><link rel=stylesheet href="/static/app.css"></head>'
+        f"<body>{header}<main>{body}</main>"
+        '<script src="/static/app.js"></script></body></html>'
+    )
+
+
+def login_page(error: str = "") -> str:
+    err = f'<p class="error">{esc(error)}</p>' if error else ""
+    body = (
+        '<div class="card" style="max-width:520px;margin:60px auto"><h1 style="margin-top:0">onbrand annotation</h1>'
+        "<p class=muted>Paste the access token your admin gave you.</p>"
+        f'{err}<form method=post action="/login"><p><input type=password name=token id=token '
+        'autocomplete=off autofocus required maxlength=200 placeholder="token"></p>'
+        "<button class=primary type=submit id=login>Sign in</button></form></div>"
+    )
+    return page("Sign in", body)
+
+
+def _header(brand: str, who: str, progress: str) -> str:
+    return (
+        f"<header><span class=brand>{esc(brand)}</span><span class=progress id=progress>{esc(progress)}</span>"
+        f'<span class=muted>{esc(who)} · <form method=post action="/logout" style="display:inline">'
+        '<button type=submit style="padding:2px 8px">Sign out</button></form></span></header>'
+    )
+
+
+def _messages(prompt: list[dict[str, str]]) -> str:
+    return "".join(
+        f'<div class=role>{esc(m["role"])}</div><div class="text prompt">{esc(m["content"])}</div>'
+        for m in prompt
+    )
+
+
+def annotate_page(ctx: dict[str, Any]) -> str:
+    """``ctx``: brand, annotator, done, total, and item (None when the queue is empty)."""
+    progress = f"{ctx['done']} / {ctx['total']} judged"
+    header = _header(ctx["brand"], ctx["annotator"], progress)
+    item = ctx.get("item")
+    if item is None:
+        body = (
+            "<div class=card id=empty><h2>All done.</h2><p class=muted>No items left in your queue.</p></div>"
+        )
+        return page("Annotate", body, header)
+    tags = "".join(
+        f'<label><input type=checkbox name=tags value="{esc(t)}"> {esc(t)}</label>'
+        for t in ctx["reason_tags"]
+    )
+    button = '<button type=submit id="btn-{v}" name=choice value="{v}"{cls}>{label} <span class=key>{k}</span></button>'
+    buttons = "".join(
+        button.format(v=v, label=label, k=k, cls=" class=primary" if v in ("left", "right") else "")
+        for v, label, k in (
+            ("left", "A is better", "1"),
+            ("right", "B is better", "2"),
+            ("tie", "Tie", "3"),
+            ("both_bad", "Both bad", "4"),
+            ("skip", "Skip", "S"),
+        )
+    )
+    channel = f" <span class=muted>· channel: {esc(item['channel'])}</span>" if item.get("channel") else ""
+    body = (
+        f"<div class=card><div class=muted>Item {esc(item['assignment_id'])}{channel}</div>{_messages(item['prompt'])}</div>"
+        '<form method=post action="/annotate/submit" id=judge>'
+        f'<input type=hidden name=assignment_id value="{esc(item["assignment_id"])}">'
+        f'<input type=hidden name=submission_id value="{esc(item["submission_id"])}">'
+        "<div class=pair>"
+        f'<div class=card><h2>A <span class=key>1</span></h2><div class="text" id=cand-left>{esc(item["left"])}</div></div>'
+        f'<div class=card><h2>B <span class=key>2</span></h2><div class="text" id=cand-right>{esc(item["right"])}</div></div>'
+        "</div>"
+        f"<div class=actions>{buttons}</div>"
+        f"<div class=card><div class=role>Reasons (from the brand card)</div><div class=tags>{tags}</div>"
+        "<details id=rewrite-box><summary>Rewrite the better answer (optional) <span class=key>R</span></summary>"
+        '<textarea name=rewrite id=rewrite maxlength=20000 placeholder="An improved version of the better answer; '
+        'saved as a new chosen answer. Esc leaves the box."></textarea></details></div>'
+        "</form>"
+        "<p class=muted>Keys: <span class=key>1</span>/<span class=key>A</span> A better · <span class=key>2</span>/"
+        "<span class=key>B</span> B better · <span class=key>3</span>/<span class=key>T</span> tie · "
+        "<span class=key>4</span>/<span class=key>X</span> both bad · <span class=key>S</span> skip · "
+        "<span class=key>R</span> rewrite</p>"
+    )
+    return page("Annotate", body, header)
+
+
+def error_page(status: int, message: str) -> str:
+    body = f'<div class=card><h2>Error {status}</h2><p class=error>{esc(message)}</p><p><a href="/">Back</a></p></div>'
+    return page(f"Error {status}", body)
+
+
+def admin_page(stats: list[dict[str, Any]]) -> str:
+    """Progress, throughput and agreement of every project."""
+    parts = []
+    for st in stats:
+        rows = "".join(
+            f"<tr><td>{esc(r['annotator'])}</td><td>{r['judged']} / {r['assigned']}</td>"
+            f"<td>{esc(r['per_hour'] if r['per_hour'] is not None else '-')}</td><td>{esc(r['last'] or '-')}</td></tr>"
+            for r in st["annotators"]
+        )
+        ag = st["agreement"]
+        kappas = "".join(
+            f"<tr><td>{esc(' & '.join(k['annotators']))}</td><td>{k['items']}</td><td>{esc(k['kappa'])}</td></tr>"
+            for k in ag["cohen_kappa"]
+        )
+        parts.append(
+            f'<div class=card><h2 style="margin-top:0">{esc(st["project"])} <span class=muted>· {esc(st["brand"])}</span></h2>'
+            f"<p>{st['judgements']} judgements on {st['tasks']} tasks · labels {esc(json.dumps(st['labels']))} · "
+            f"left chosen {esc(st['left_chosen_rate'])}</p>"
+            "<table><tr><th>Annotator</th><th>Judged / assigned</th><th>Per hour</th><th>Last</th></tr>"
+            f"{rows}</table>"
+            f"<p>Agreement on {ag['items_overlapping']} overlapping items: Krippendorff alpha "
+            f"<b>{esc(ag['krippendorff_alpha'])}</b>, raw agreement {esc(ag['percent_agreement'])}</p>"
+            f"<table><tr><th>Pair</th><th>Shared items</th><th>Cohen kappa</th></tr>{kappas}</table></div>"
+        )
+    body = "<h1>Admin</h1>" + ("".join(parts) or "<p class=muted>No projects yet.</p>")
+    return page("Admin", body)

@@ -1,0 +1,336 @@
+"""What the annotation service does, independent of HTTP: projects, tokens, tasks, assignment,
+submissions, progress. The FastAPI app (``app.py``) and the CLI (``cli.py``) both call these.
+
+Errors: ``ValueError`` for bad input (HTTP 422), ``PermissionError`` for an item that is not the
+caller's (HTTP 403), ``LookupError`` for something that does not exist (HTTP 404), ``Conflict`` for a
+second, different judgement of an item already judged (HTTP 409).
+"""
+
+from __future__ import annotations
+
+import random
+import uuid
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import func, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from onbrand.annotate.db import (
+    SCREEN_CHOICES,
+    Admin,
+    Annotator,
+    Assignment,
+    Judgement,
+    Project,
+    Task,
+    hash_token,
+    new_token,
+)
+from onbrand.config import check_range
+from onbrand.runs import sha256_file, sha256_json
+
+MAX_TEXT = 20_000  # characters of a rewrite / candidate shown to annotators
+MAX_TAGS = 32
+
+
+class Conflict(Exception):
+    """The item already has a different judgement."""
+
+
+# ----------------------------------------------------------------------------- brand card
+def brand_facts(path: str | Path) -> dict[str, Any]:
+    """``{"id", "name", "reason_tags", "system_prompt", "path", "sha256"}`` of a brand card."""
+    from onbrand.data.brand import load_brand
+
+    card = load_brand(path)
+    return {
+        "id": card.id,
+        "name": card.name,
+        "reason_tags": [str(t) for t in card.reason_tags],
+        "system_prompt": card.system_prompt(),
+        "path": str(path),
+        "sha256": sha256_file(path),
+    }
+
+
+# ----------------------------------------------------------------------------- admin + projects
+def set_admin_token(s: Session, token: str | None = None) -> str:
+    """Replace the admin token (only one is valid at a time); returns the clear token once."""
+    token = token or new_token()
+    if len(token) < 16:
+        raise ValueError("admin token must be at least 16 characters")
+    s.query(Admin).delete()
+    s.add(Admin(token_hash=hash_token(token)))
+    s.commit()
+    return token
+
+
+def has_admin(s: Session) -> bool:
+    return s.scalar(select(func.count(Admin.id))) > 0
+
+
+def is_admin(s: Session, token: str | None) -> bool:
+    return bool(token) and s.scalar(select(Admin).where(Admin.token_hash == hash_token(token))) is not None
+
+
+def create_project(
+    s: Session,
+    name: str,
+    brand: dict[str, Any],
+    overlap: float = 0.1,
+    seed: int = 0,
+) -> Project:
+    """A project judged against one brand card (``brand`` is :func:`brand_facts` output)."""
+    check_range("overlap", overlap, 0.0, 1.0)
+    if not name or len(name) > 200:
+        raise ValueError(f"project name must be 1-200 characters, got {name!r}")
+    if s.scalar(select(Project).where(Project.name == name)) is not None:
+        raise ValueError(f"project {name!r} already exists")
+    project = Project(
+        name=name,
+        brand_id=brand["id"],
+        brand_name=brand["name"],
+        brand_path=brand.get("path"),
+        brand_sha256=brand.get("sha256"),
+        reason_tags=list(brand.get("reason_tags", [])),
+        overlap=overlap,
+        seed=seed,
+    )
+    s.add(project)
+    s.commit()
+    return project
+
+
+def get_project(s: Session, name_or_id: str | int) -> Project:
+    if isinstance(name_or_id, int) or str(name_or_id).isdigit():
+        project = s.get(Project, int(name_or_id))
+    else:
+        project = s.scalar(select(Project).where(Project.name == name_or_id))
+    if project is None:
+        names = ", ".join(s.scalars(select(Project.name))) or "none yet"
+        raise LookupError(f"no project {name_or_id!r}; projects: {names}")
+    return project
+
+
+def add_annotator(s: Session, project: Project, name: str) -> tuple[Annotator, str]:
+    """Register an annotator; returns the clear token (shown once, stored hashed)."""
+    if not name or len(name) > 200:
+        raise ValueError(f"annotator name must be 1-200 characters, got {name!r}")
+    token = new_token()
+    ann = Annotator(project_id=project.id, name=name, token_hash=hash_token(token))
+    s.add(ann)
+    try:
+        s.commit()
+    except IntegrityError:
+        s.rollback()
+        raise ValueError(f"annotator {name!r} already exists in project {project.name!r}") from None
+    return ann, token
+
+
+def annotator_for_token(s: Session, token: str | None) -> Annotator | None:
+    if not token:
+        return None
+    ann = s.scalar(select(Annotator).where(Annotator.token_hash == hash_token(token)))
+    return ann if ann is not None and ann.active else None
+
+
+# ----------------------------------------------------------------------------- tasks + assignment
+def task_hash(prompt: list[dict[str, str]], a: str, b: str) -> str:
+    # Order-free: the same pair loaded as (a, b) or (b, a) is one task.
+    return sha256_json({"prompt": prompt, "candidates": sorted([a, b])})
+
+
+def add_tasks(s: Session, project: Project, items: list[dict[str, Any]]) -> dict[str, int]:
+    """Load pairs ``{"prompt": messages, "a", "b", "channel"?, "source"?}``.
+
+    A pair already in the project is not loaded twice; the count of such duplicates is returned
+    (``{"added": n, "duplicates": m}``) so the caller can report it, never dropped silently.
+    """
+    existing = set(s.scalars(select(Task.content_hash).where(Task.project_id == project.id)))
+    added = dupes = 0
+    for item in items:
+        h = task_hash(item["prompt"], item["a"], item["b"])
+        if h in existing:
+            dupes += 1
+            continue
+        existing.add(h)
+        s.add(
+            Task(
+                project_id=project.id,
+                prompt=item["prompt"],
+                candidate_a=item["a"],
+                candidate_b=item["b"],
+                channel=item.get("channel"),
+                source=item.get("source") or {},
+                content_hash=h,
+            )
+        )
+        added += 1
+    s.commit()
+    return {"added": added, "duplicates": dupes}
+
+
+def assign(s: Session, project: Project, overlap: float | None = None, seed: int | None = None) -> dict:
+    """Give every unassigned task to the least-loaded annotator; ``overlap`` of them to two.
+
+    The overlapping items are what agreement is computed on. The left/right order of each
+    assignment is drawn here (seeded) and recorded, so position bias can be measured later.
+    """
+    overlap = project.overlap if overlap is None else overlap
+    check_range("overlap", overlap, 0.0, 1.0)
+    rng = random.Random(project.seed if seed is None else seed)
+    annotators = list(
+        s.scalars(select(Annotator).where(Annotator.project_id == project.id, Annotator.active))
+    )
+    if not annotators:
+        raise ValueError(f"project {project.name!r} has no annotators: add some first")
+    if overlap > 0 and len(annotators) < 2:
+        raise ValueError(f"overlap {overlap} needs at least 2 annotators, project has {len(annotators)}")
+    assigned = set(s.scalars(select(Assignment.task_id).join(Task).where(Task.project_id == project.id)))
+    todo = [t for t in s.scalars(select(Task.id).where(Task.project_id == project.id)) if t not in assigned]
+    n_double = round(overlap * len(todo))
+    double = set(rng.sample(todo, n_double)) if n_double else set()
+    load = {
+        a.id: s.scalar(select(func.count(Assignment.id)).where(Assignment.annotator_id == a.id))
+        for a in annotators
+    }
+    order = list(todo)
+    rng.shuffle(order)
+    for task_id in order:
+        k = 2 if task_id in double else 1
+        ranked = sorted(annotators, key=lambda a: (load[a.id], rng.random()))
+        for ann in ranked[:k]:
+            s.add(
+                Assignment(task_id=task_id, annotator_id=ann.id, left=rng.choice("ab"), position=load[ann.id])
+            )
+            load[ann.id] += 1
+    s.commit()
+    return {"tasks": len(todo), "overlapping": len(double), "assignments": len(todo) + len(double)}
+
+
+# ----------------------------------------------------------------------------- annotator side
+def progress(s: Session, ann: Annotator) -> tuple[int, int]:
+    """(judged, assigned) for the progress counter."""
+    total = s.scalar(select(func.count(Assignment.id)).where(Assignment.annotator_id == ann.id))
+    done = s.scalar(
+        select(func.count(Assignment.id)).where(Assignment.annotator_id == ann.id, Assignment.done)
+    )
+    return done, total
+
+
+def next_assignment(s: Session, ann: Annotator) -> tuple[Assignment, Task] | None:
+    """The annotator's next open item: queue order, skipped items last."""
+    row = s.execute(
+        select(Assignment, Task)
+        .join(Task, Task.id == Assignment.task_id)
+        .where(Assignment.annotator_id == ann.id, Assignment.done.is_(False))
+        .order_by(Assignment.skipped, Assignment.position, Assignment.id)
+        .limit(1)
+    ).first()
+    return None if row is None else (row[0], row[1])
+
+
+def own_assignment(s: Session, ann: Annotator, assignment_id: int) -> tuple[Assignment, Task]:
+    asg = s.get(Assignment, assignment_id)
+    if asg is None:
+        raise LookupError(f"no item {assignment_id}")
+    if asg.annotator_id != ann.id:
+        raise PermissionError(f"item {assignment_id} is not assigned to you")
+    return asg, s.get(Task, asg.task_id)
+
+
+def shown(asg: Assignment, task: Task) -> tuple[str, str]:
+    """(left text, right text) in the order this annotator sees."""
+    if asg.left == "a":
+        return task.candidate_a, task.candidate_b
+    return task.candidate_b, task.candidate_a
+
+
+def _check_submission(project: Project, screen_choice: str, tags: list[str], rewrite: str | None) -> None:
+    if screen_choice not in SCREEN_CHOICES:
+        raise ValueError(f"choice must be one of {', '.join(SCREEN_CHOICES)}, got {screen_choice!r}")
+    if len(tags) > MAX_TAGS:
+        raise ValueError(f"at most {MAX_TAGS} reason tags, got {len(tags)}")
+    unknown = [t for t in tags if t not in project.reason_tags]
+    if unknown:
+        raise ValueError(f"unknown reason tag(s) {unknown}; the brand card allows {project.reason_tags}")
+    if rewrite is not None and len(rewrite) > MAX_TEXT:
+        raise ValueError(f"rewrite is {len(rewrite)} characters; the limit is {MAX_TEXT}")
+    if rewrite and screen_choice not in ("left", "right"):
+        raise ValueError("a rewrite improves the better answer: choose left or right with it")
+
+
+def submit(
+    s: Session,
+    ann: Annotator,
+    assignment_id: int,
+    screen_choice: str,
+    reason_tags: list[str] | None = None,
+    rewrite: str | None = None,
+    submission_id: str | None = None,
+) -> tuple[Judgement, bool]:
+    """Record a judgement; returns (judgement, created). Committed before it returns.
+
+    Idempotent: a retry with the same ``submission_id`` (or of the same item with the same
+    answer) returns the stored judgement with ``created=False``; a *different* answer to an item
+    already judged raises :class:`Conflict`.
+    """
+    asg, task = own_assignment(s, ann, assignment_id)
+    project = s.get(Project, task.project_id)
+    tags = sorted(set(reason_tags or []))
+    rewrite = (rewrite or "").strip() or None
+    _check_submission(project, screen_choice, tags, rewrite)
+    submission_id = submission_id or uuid.uuid4().hex
+    if not 8 <= len(submission_id) <= 64:
+        raise ValueError(f"submission_id must be 8-64 characters, got {len(submission_id)}")
+    existing = s.scalar(select(Judgement).where(Judgement.assignment_id == asg.id))
+    if existing is not None:
+        return _replay(existing, submission_id, screen_choice, tags, rewrite)
+    choice = screen_choice
+    if screen_choice in ("left", "right"):
+        other = "b" if asg.left == "a" else "a"
+        choice = asg.left if screen_choice == "left" else other
+    j = Judgement(
+        assignment_id=asg.id,
+        submission_id=submission_id,
+        task_id=task.id,
+        annotator_id=ann.id,
+        left=asg.left,
+        screen_choice=screen_choice,
+        choice=choice,
+        reason_tags=tags,
+        rewrite=rewrite,
+    )
+    s.add(j)
+    asg.done = True
+    try:
+        s.commit()
+    except IntegrityError:
+        # A concurrent retry of the same item won the race: answer like a retry.
+        s.rollback()
+        existing = s.scalar(select(Judgement).where(Judgement.assignment_id == asg.id))
+        if existing is None:
+            raise
+        return _replay(existing, submission_id, screen_choice, tags, rewrite)
+    return j, True
+
+
+def _replay(existing: Judgement, submission_id: str, screen_choice: str, tags: list[str], rewrite) -> tuple:
+    same = (existing.screen_choice, sorted(existing.reason_tags or []), existing.rewrite) == (
+        screen_choice,
+        tags,
+        rewrite,
+    )
+    if existing.submission_id == submission_id or same:
+        return existing, False
+    raise Conflict(f"item {existing.assignment_id} is already judged ({existing.screen_choice})")
+
+
+def skip(s: Session, ann: Annotator, assignment_id: int) -> None:
+    """Move an item to the end of the annotator's queue."""
+    asg, _ = own_assignment(s, ann, assignment_id)
+    if not asg.done:
+        asg.skipped = True
+        s.commit()
