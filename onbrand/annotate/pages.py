@@ -34,6 +34,8 @@ button:hover { filter:brightness(.97); }
 textarea { width:100%; min-height:90px; font:inherit; padding:8px; border:1px solid var(--line); border-radius:8px; }
 table { border-collapse:collapse; width:100%; } th,td { text-align:left; padding:6px 10px; border-bottom:1px solid var(--line); }
 .muted { color:var(--muted); } .error { color:#b42318; }
+.login { max-width:520px; margin:60px auto; } .top { margin-top:0; }
+form.inline { display:inline; } button.small { padding:2px 8px; font-size:13px; }
 input[type=password] { font:inherit; padding:8px; width:100%; max-width:420px; border:1px solid var(--line); border-radius:8px; }
 """
 
@@ -82,7 +84,7 @@ def page(title: str, body: str, header: str = "") -> str:
 def login_page(error: str = "") -> str:
     err = f'<p class="error">{esc(error)}</p>' if error else ""
     body = (
-        '<div class="card" style="max-width:520px;margin:60px auto"><h1 style="margin-top:0">onbrand annotation</h1>'
+        '<div class="card login"><h1 class=top>onbrand annotation</h1>'
         "<p class=muted>Paste the access token your admin gave you.</p>"
         f'{err}<form method=post action="/login"><p><input type=password name=token id=token '
         'autocomplete=off autofocus required maxlength=200 placeholder="token"></p>'
@@ -94,8 +96,8 @@ def login_page(error: str = "") -> str:
 def _header(brand: str, who: str, progress: str) -> str:
     return (
         f"<header><span class=brand>{esc(brand)}</span><span class=progress id=progress>{esc(progress)}</span>"
-        f'<span class=muted>{esc(who)} · <form method=post action="/logout" style="display:inline">'
-        '<button type=submit style="padding:2px 8px">Sign out</button></form></span></header>'
+        f'<span class=muted>{esc(who)} · <form method=post action="/logout" class=inline>'
+        "<button type=submit class=small>Sign out</button></form></span></header>"
     )
 
 
@@ -175,7 +177,7 @@ def admin_page(stats: list[dict[str, Any]]) -> str:
             for k in ag["cohen_kappa"]
         )
         parts.append(
-            f'<div class=card><h2 style="margin-top:0">{esc(st["project"])} <span class=muted>· {esc(st["brand"])}</span></h2>'
+            f"<div class=card><h2 class=top>{esc(st['project'])} <span class=muted>· {esc(st['brand'])}</span></h2>"
             f"<p>{st['judgements']} judgements on {st['tasks']} tasks · labels {esc(json.dumps(st['labels']))} · "
             f"left chosen {esc(st['left_chosen_rate'])}</p>"
             "<table><tr><th>Annotator</th><th>Judged / assigned</th><th>Per hour</th><th>Last</th></tr>"

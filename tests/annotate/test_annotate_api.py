@@ -78,6 +78,7 @@ def test_script_in_prompt_is_shown_not_run(env):
     assert "&lt;script&gt;alert(&#x27;x&#x27;)&lt;/script&gt;" in html
     assert "&lt;img src=x onerror=&quot;alert(1)&quot;&gt;" in html
     assert evil not in html and "<img" not in html
+    assert html.count("<script") == 1 and 'src="/static/app.js"' in html  # no inline script at all
     csp = env.client.get("/annotate").headers["content-security-policy"]
     assert "script-src 'self'" in csp and "unsafe-inline" not in csp
 
