@@ -42,9 +42,7 @@ UNSUPPORTED = (
     "modules_to_save",
     "use_dora",
     "lora_bias",
-    "layers_to_transform",
     "layer_replication",
-    "exclude_modules",
     "trainable_token_indices",
     "target_parameters",
     "megatron_config",
@@ -136,19 +134,40 @@ def module_scaling(cfg: dict[str, Any], module: str, rank: int) -> float:
     return alpha / math.sqrt(rank) if cfg.get("use_rslora") else alpha / rank
 
 
-def _targets_regex(targets: Any) -> str:
-    """PEFT ``target_modules`` (list = exact or ``.name`` suffix; str = full-match regex) as a regex."""
-    if isinstance(targets, str):
-        return f"(?:{targets})"
-    names = "|".join(re.escape(t) for t in sorted(targets))
-    return rf"(?:(?:.*\.)?(?:{names}))"
+def exact_targets_regex(modules: list[str]) -> str:
+    r"""A full-match regex for exactly ``modules``, compact: layer indices grouped per module path.
+
+    ``["model.layers.0.mlp.down_proj", "model.layers.1.mlp.down_proj"]`` ->
+    ``model\.layers\.(?:0|1)\.mlp\.down_proj``.
+    """
+    groups: dict[tuple[str, str], set[int]] = {}
+    literals = []
+    for name in sorted(modules):
+        m = re.search(r"\.(\d+)\.", name)
+        if m is None:
+            literals.append(re.escape(name))
+        else:
+            groups.setdefault((name[: m.start()], name[m.end() :]), set()).add(int(m.group(1)))
+    parts = [
+        rf"{re.escape(head)}\.(?:{'|'.join(map(str, sorted(idx)))})\.{re.escape(tail)}"
+        for (head, tail), idx in groups.items()
+    ]
+    return "|".join(parts + literals)
 
 
-def union_targets(a: Any, b: Any) -> list[str] | str:
-    """Union of two ``target_modules`` values with PEFT's matching semantics kept."""
-    if isinstance(a, (list, tuple, set)) and isinstance(b, (list, tuple, set)):
+def union_targets(p_cfg: dict[str, Any], c_cfg: dict[str, Any], modules: list[str]) -> list[str] | str:
+    """``target_modules`` of the result: the union of two plain name lists when that is exact, else
+    a regex of exactly the modules that carry factors (layer subsets, exclusions, regex targets)."""
+    a, b = p_cfg.get("target_modules") or [], c_cfg.get("target_modules") or []
+    plain = all(
+        isinstance(c.get("target_modules"), (list, tuple))
+        and not c.get("layers_to_transform")
+        and not c.get("exclude_modules")
+        for c in (p_cfg, c_cfg)
+    )
+    if plain:
         return sorted(set(a) | set(b))
-    return f"{_targets_regex(a)}|{_targets_regex(b)}"
+    return exact_targets_regex(modules)
 
 
 def concat_factors(
@@ -231,7 +250,10 @@ def concat_lora_adapters(
         use_rslora=False,
         rank_pattern={},
         alpha_pattern={},
-        target_modules=union_targets(p_cfg.get("target_modules") or [], c_cfg.get("target_modules") or []),
+        target_modules=union_targets(p_cfg, c_cfg, sorted(set(parent) | set(child))),
+        layers_to_transform=None,  # the target set is explicit now (see union_targets)
+        layers_pattern=None,
+        exclude_modules=None,
         lora_dropout=max(p_cfg.get("lora_dropout", 0.0), c_cfg.get("lora_dropout", 0.0)),
         inference_mode=True,
     )

@@ -182,10 +182,47 @@ def check_adapter(root: Path, manifest, prompts, ref, report: VerifyReport, base
     if merged is not None:
         diff = max_abs_diff(prompt_logits(merged, prompts), prompt_logits(model, prompts))
         _parity(report, "merged_vs_base_plus_adapter", diff, "merged vs live base+adapter, all positions")
+    return model
 
 
-def check_vllm(root: Path, report: VerifyReport, base: str | None, timeout: int = 900) -> None:
-    """Load + greedy generate in a separate process (vLLM spawns workers and holds memory)."""
+def hf_greedy(model, prompts: list[dict], max_new_tokens: int) -> list[list[int]]:
+    """transformers greedy continuations of the fixed prompts (what vLLM's are compared with)."""
+    import torch
+
+    outs = []
+    with torch.no_grad():
+        for p in prompts:
+            ids = p["input_ids"]
+            gen = model.generate(
+                input_ids=ids,
+                attention_mask=torch.ones_like(ids),
+                max_new_tokens=max_new_tokens,
+                do_sample=False,
+            )
+            outs.append(gen[0, ids.shape[1] :].tolist())
+    return outs
+
+
+def greedy_agreement(hf: list[list[int]], vllm: list[list[int]]) -> float:
+    """Fraction of vLLM's greedy tokens equal to transformers' before the first difference."""
+    same = total = 0
+    for a, b in zip(hf, vllm):
+        total += len(b)
+        for x, y in zip(a, b):
+            if x != y:
+                break
+            same += 1
+    return same / max(total, 1)
+
+
+def check_vllm(
+    root: Path, report: VerifyReport, base: str | None, hf_models: dict, prompts: list, timeout: int = 900
+) -> None:
+    """Load + greedy generate in a separate process (vLLM spawns workers and holds memory).
+
+    Passing = vLLM loads and generates. Agreement of its greedy tokens with transformers' is reported
+    (not gated: fp32 kernels differ in summation order, so near-ties may flip a token).
+    """
     import tempfile
 
     out = Path(tempfile.mkdtemp(prefix="onbrand-vllm-")) / "result.json"
@@ -209,8 +246,16 @@ def check_vllm(root: Path, report: VerifyReport, base: str | None, timeout: int 
     report.vllm = result
     texts = [g["text"] for part in result["parts"] for g in part["generations"]]
     ok = bool(texts) and all(g["token_ids"] for part in result["parts"] for g in part["generations"])
+    for part in result["parts"]:
+        model = hf_models.get(part["part"])
+        if model is not None:
+            hf = hf_greedy(model, prompts, result["max_tokens"])
+            part["greedy_agreement_with_transformers"] = greedy_agreement(
+                hf, [g["token_ids"] for g in part["generations"]]
+            )
     detail = "; ".join(
-        f"{p['part']}: {len(p['generations'])} prompts, first: {p['generations'][0]['text']!r}"
+        f"{p['part']}: {len(p['generations'])} prompts, greedy agreement with transformers "
+        f"{p.get('greedy_agreement_with_transformers', float('nan')):.0%}, first: {p['generations'][0]['text']!r}"
         for p in result["parts"]
     )
     report.add("vLLM load+generate", ok, f"vllm {result['vllm_version']}: {detail}"[:400])
@@ -242,11 +287,12 @@ def verify_export(
     try:
         prompts, ref = _reference(root, manifest)
         merged = check_merged(root, prompts, ref, report) if fmt in ("merged", "both") else None
+        served = None
         if fmt in ("adapter", "both"):
-            check_adapter(root, manifest, prompts, ref, report, base, merged)
+            served = check_adapter(root, manifest, prompts, ref, report, base, merged)
     except Exception as e:  # noqa: BLE001 - any load failure is a verify failure with its reason
         report.add("load", False, f"{type(e).__name__}: {e}"[:500])
         return report
     if vllm == "on" or (vllm == "auto" and importlib.util.find_spec("vllm") is not None):
-        check_vllm(root, report, base)
+        check_vllm(root, report, base, {"merged": merged, "base+adapter": served}, prompts)
     return report

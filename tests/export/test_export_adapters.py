@@ -77,7 +77,7 @@ def test_chain_of_three(tiny_model_dir, lora_pair, prompt_batch, kit, tmp_path):
 
 @pytest.mark.parametrize(
     "field, value",
-    [("modules_to_save", ["lm_head"]), ("use_dora", True), ("bias", "all"), ("layers_to_transform", [0])],
+    [("modules_to_save", ["lm_head"]), ("use_dora", True), ("bias", "all"), ("lora_bias", True)],
 )
 def test_unsupported_features_refused(lora_pair, tmp_path, field, value):
     import shutil
@@ -104,3 +104,32 @@ def test_shape_mismatch_refused(tiny_model_dir, lora_pair, kit, tmp_path):
     )
     with pytest.raises(AdapterError, match="different base models"):
         concat_lora_adapters(a1, other, tmp_path / "out")
+
+
+def test_layer_subsets_and_exclusions(tiny_model_dir, prompt_batch, kit, tmp_path):
+    """LoRA on the last layer only (what training's ``lora.layers`` does) + an excluded module: the
+    result targets exactly the modules that carry factors (a regex), and stays exact."""
+    import re
+
+    from peft import PeftModel
+
+    base = kit.load_base(tiny_model_dir)
+    a1 = kit.save_random_lora(base, tmp_path / "a1", seed=6, r=4, lora_alpha=4, target_modules=["q_proj", "v_proj"],
+                              exclude_modules=["model.layers.0.self_attn.v_proj"])  # fmt: skip
+    w1 = kit.merged_with(tiny_model_dir, [a1])
+    a2 = kit.save_random_lora(w1, tmp_path / "a2", seed=7, r=8, lora_alpha=8, target_modules=["q_proj", "up_proj"],
+                              layers_to_transform=[1])  # fmt: skip
+    out = concat_lora_adapters(a1, a2, tmp_path / "cat")
+    cfg = json.loads((out / "adapter_config.json").read_text())
+    assert isinstance(cfg["target_modules"], str) and cfg["layers_to_transform"] is None
+    targeted = {
+        "model.layers.0.self_attn.q_proj", "model.layers.1.self_attn.q_proj",
+        "model.layers.1.self_attn.v_proj", "model.layers.1.mlp.up_proj",
+    }  # fmt: skip
+    served = PeftModel.from_pretrained(kit.load_base(tiny_model_dir), out).eval()
+    with_lora = {n.removeprefix("base_model.model.").rsplit(".lora_A", 1)[0]
+                 for n, _ in served.named_parameters() if ".lora_A." in n}  # fmt: skip
+    assert with_lora == targeted
+    assert not re.fullmatch(cfg["target_modules"], "model.layers.0.mlp.up_proj")
+    ref = _logits(kit.merged_with(tiny_model_dir, [a1, a2]), prompt_batch)
+    assert (_logits(served, prompt_batch) - ref).abs().max() <= 1e-4

@@ -50,7 +50,11 @@ def test_adapter_reload_parity(both_export, runs, tiny_model_dir, prompt_batch, 
 def test_verify_passes_and_reports_parity(both_export):
     report = verify_export(both_export, vllm="off")
     assert report.ok, report.text()
-    assert set(report.parity) == {"merged_vs_reference", "adapter_vs_reference", "merged_vs_base_plus_adapter"}
+    assert set(report.parity) == {
+        "merged_vs_reference",
+        "adapter_vs_reference",
+        "merged_vs_base_plus_adapter",
+    }
     assert 0 <= report.parity["merged_vs_base_plus_adapter"] <= 1e-4
 
 
@@ -65,7 +69,14 @@ def test_manifest_and_card_lineage(both_export, runs, tiny_model_dir):
     assert "model-00001-of-00002.safetensors" in m["files"] and "MODEL_CARD.md" in m["files"]
     assert all(set(v) == {"sha256", "size"} for v in m["files"].values())
     card = (both_export / "MODEL_CARD.md").read_text()
-    for needle in ("lumen", "snap-", "Intended use", "Limitations", "sft `sft-sft` -> dpo `dpo-dpo`", "Be warm"):
+    for needle in (
+        "lumen",
+        "snap-",
+        "Intended use",
+        "Limitations",
+        "sft `sft-sft` -> dpo `dpo-dpo`",
+        "Be warm",
+    ):
         assert needle in card, needle
     assert (both_export / "system_prompt.txt").read_text().startswith("You are Lumen")
 
@@ -78,7 +89,9 @@ def test_stage_adapter_fallback_and_eval_summary(runs, tiny_model_dir, prompt_ba
     shutil.copytree(runs["sft"], root / "sft")
     shutil.copytree(runs["dpo"], root / "dpo", ignore=shutil.ignore_patterns("adapter"))
     (root / "eval").mkdir()
-    (root / "eval" / "report.json").write_text(json.dumps({"summary": {"win_rate": 0.625, "compliance": 0.9}}))
+    (root / "eval" / "report.json").write_text(
+        json.dumps({"summary": {"win_rate": 0.625, "compliance": 0.9}})
+    )
     out = export_run(root / "dpo", tmp_path / "exp", "adapter")
     assert not (out / "config.json").exists()  # adapter only
     served = PeftModel.from_pretrained(kit.load_base(tiny_model_dir), out / "adapter").eval()
@@ -91,7 +104,10 @@ def test_stage_adapter_fallback_and_eval_summary(runs, tiny_model_dir, prompt_ba
 
 def test_qlora_run_merges_into_fp32_base(runs, tiny_model_dir, kit, tmp_path):
     run = kit.write_run(
-        tmp_path / "qsft", str(tiny_model_dir), "sft", adapter=runs["sft"] / "adapter",
+        tmp_path / "qsft",
+        str(tiny_model_dir),
+        "sft",
+        adapter=runs["sft"] / "adapter",
         config={"lora": {"r": 4, "quantize": "nf4"}},
     )
     out = export_run(run, tmp_path / "qexp", "merged")

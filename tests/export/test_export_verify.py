@@ -76,7 +76,9 @@ def test_tampered_weights_with_fixed_checksums_fail_parity(merged_export, tmp_pa
     assert any("parity merged_vs_reference" in f for f in report.failures)
 
 
-@pytest.mark.parametrize("problem", ["missing", "unlisted", "dotdot", "absolute", "no-manifest", "not-export"])
+@pytest.mark.parametrize(
+    "problem", ["missing", "unlisted", "dotdot", "absolute", "no-manifest", "not-export"]
+)
 def test_structural_problems_fail(merged_export, tmp_path, problem):
     root = _copy(merged_export, tmp_path)
     if problem == "missing":

@@ -22,9 +22,17 @@ def vllm_base(tmp_path_factory, embedded_dir):
 
     torch.manual_seed(0)
     cfg = LlamaConfig(
-        hidden_size=128, intermediate_size=256, num_hidden_layers=2, num_attention_heads=2,
-        num_key_value_heads=1, max_position_embeddings=1024, vocab_size=49152, tie_word_embeddings=True,
-        bos_token_id=1, eos_token_id=2, pad_token_id=2,
+        hidden_size=128,
+        intermediate_size=256,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        max_position_embeddings=1024,
+        vocab_size=49152,
+        tie_word_embeddings=True,
+        bos_token_id=1,
+        eos_token_id=2,
+        pad_token_id=2,
     )
     model = LlamaForCausalLM(cfg).eval()
     out = tmp_path_factory.mktemp("vllm-base")
@@ -39,7 +47,12 @@ def test_vllm_serves_merged_and_lora(vllm_base, kit, tmp_path):
     from onbrand.export_verify import verify_export
 
     adapter = kit.save_random_lora(
-        kit.load_base(vllm_base), tmp_path / "a", seed=5, r=8, lora_alpha=16, target_modules=["q_proj", "v_proj"]
+        kit.load_base(vllm_base),
+        tmp_path / "a",
+        seed=5,
+        r=8,
+        lora_alpha=16,
+        target_modules=["q_proj", "v_proj"],
     )
     run = kit.write_run(tmp_path / "runs" / "dpo", str(vllm_base), "dpo", adapter=adapter)
     out = export_run(run, tmp_path / "exp", "both")
