@@ -63,9 +63,13 @@ def check_records(
     max_length: int,
     min_completion_tokens: int,
 ) -> tuple[list[dict[str, Any]], list[Quarantined], dict[str, Any]]:
-    """Returns (kept records, quarantined pairs, statistics for the manifest/report)."""
+    """Returns (kept records, quarantined pairs, statistics for the manifest/report).
+
+    The statistics hold token-length quantiles, how many pairs exceed ``max_length`` (truncated
+    vs dropped whole) and ``lengths``: ``{id: [prompt, chosen, rejected]}`` token counts."""
     kept, dropped = [], []
     lens: dict[str, list[int]] = {"prompt": [], "chosen": [], "rejected": []}
+    per_id: dict[str, list[int]] = {}
     exceeding = truncated = 0
     for rec in records:
         info = pair_lengths(tokenizer, rec, system_prompt)
@@ -90,6 +94,7 @@ def check_records(
             truncated += 1
         for k in lens:
             lens[k].append(info[k])
+        per_id[rec["id"]] = [info["prompt"], info["chosen"], info["rejected"]]
         kept.append(rec)
     stats = {
         "max_length": max_length,
@@ -99,6 +104,6 @@ def check_records(
         "pairs_truncated": truncated,
         "pairs_dropped_too_long": sum(q.reason == "too_long" for q in dropped),
         "pairs_template_mismatch": sum(q.reason == "template_mismatch" for q in dropped),
-        "lengths": lens,
+        "lengths": per_id,  # id -> [prompt, chosen, rejected] tokens (token_lengths.json)
     }
     return kept, dropped, stats
