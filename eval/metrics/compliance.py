@@ -63,6 +63,7 @@ def compliance(
         "overall": {
             "aligned": mean_ci(all_a, n_boot=n_boot, seed=seed).to_dict(),
             "base": mean_ci(all_b, n_boot=n_boot, seed=seed).to_dict(),
+            "diff": mean_ci(all_a.astype(float) - all_b, n_boot=n_boot, seed=seed).to_dict(),
         },
         "worse_rules": worse,
     }

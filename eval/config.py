@@ -1,0 +1,77 @@
+"""``EvalConfig``: what ``onbrand eval`` compares, on which prompts, and how.
+
+Every default lives here; ``configs/eval/*.yaml`` and ``key=value`` overrides change them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from onbrand.config import check_range
+from onbrand.eval.engines.base import Sampling
+
+
+@dataclass
+class MetricsConfig:
+    """Which metric families to compute (each is skipped with a note when its input is missing)."""
+
+    reward: bool = True  # reward-model win rate (raw + length-controlled); needs `reward`
+    compliance: bool = True  # per-rule brand compliance; needs `brand`
+    voice: bool = True  # similarity to the card's exemplars (all-MiniLM-L6-v2)
+    implicit: bool = True  # DPO implicit reward on held-out pairs; needs a snapshot
+    kl: bool = True  # KL(aligned || base) estimate on aligned samples
+    perplexity: bool = True  # capability: perplexity on the shipped general-text set
+    judge: bool = False  # pairwise LLM judge with position swap (slow and weak on CPU)
+
+
+@dataclass
+class EvalConfig:
+    # What to compare. `aligned` is a training run dir (run.json + adapter/), a PEFT adapter dir,
+    # or a merged checkpoint dir. Empty `base_model` = the base named in the run's run.json.
+    aligned: str = ""
+    base_model: str = ""
+    # Prompts: the `split` of a data snapshot, or a JSONL file of canonical records / {"prompt": ...}.
+    snapshot: str | None = None
+    prompts: str | None = None
+    split: str = "test"
+    brand: str | None = None  # brand card YAML: system prompt + rules + exemplars
+    reward: str | None = None  # reward run dir (onbrand.training.reward.RewardScorer)
+    out_dir: str = "runs/eval"
+    engine: Literal["auto", "vllm", "hf"] = "auto"
+    sampling: Sampling = field(default_factory=Sampling)
+    max_prompts: int = 64  # 0 = all prompts of the split
+    max_pairs: int = 64  # held-out pairs for the implicit reward (0 = all)
+    beta: float | None = None  # implicit-reward beta; default: the aligned run's dpo.beta (else 0.1)
+    bootstrap: int = 1000  # bootstrap resamples for every CI
+    ci: float = 0.95
+    seed: int = 0
+    lc_warn_gap: float = 0.10  # warn when raw and length-controlled win rates differ by more
+    ppl_window: int = 256  # tokens per perplexity window
+    ppl_max_tokens: int = 6000  # cap on general-text tokens scored per model
+    samples_in_report: int = 6  # side-by-side answers shown in report.md
+    threads: int = 0  # torch threads (0 = leave as is)
+    batch_size: int = 16  # HF engine and log-prob scoring batch size
+    kv_cache_gib: float = 1.0  # vLLM KV cache (VLLM_CPU_KVCACHE_SPACE wins when set)
+    max_model_len: int = 2048
+    judge_model: str | None = None  # judge for metrics.judge (default: the base model)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
+
+    def __post_init__(self) -> None:
+        if self.split not in ("train", "test"):
+            raise ValueError(f"split must be 'train' or 'test', got {self.split!r}")
+        check_range("max_prompts", self.max_prompts, 0, None)
+        check_range("max_pairs", self.max_pairs, 0, None)
+        check_range("bootstrap", self.bootstrap, 50, 100000)
+        check_range("ci", self.ci, 0.5, 1.0, hi_open=True)
+        check_range("lc_warn_gap", self.lc_warn_gap, 0.0, 1.0)
+        check_range("ppl_window", self.ppl_window, 16, 8192)
+        check_range("ppl_max_tokens", self.ppl_max_tokens, 0, None)
+        check_range("samples_in_report", self.samples_in_report, 0, 1000)
+        check_range("threads", self.threads, 0, 1024)
+        check_range("batch_size", self.batch_size, 1, 1024)
+        check_range("kv_cache_gib", self.kv_cache_gib, 0.0, 1024.0, lo_open=True)
+        if self.beta is not None:
+            check_range("beta", self.beta, 0.0, None, lo_open=True)
+        if self.snapshot and self.prompts:
+            raise ValueError("give either snapshot or prompts, not both")

@@ -1,0 +1,115 @@
+"""PNG plots for the eval report (matplotlib, Agg backend: no display needed)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+BASE_C, ALIGNED_C = "#8c8c8c", "#1f77b4"
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_win_rates(metrics: dict[str, Any], path: Path) -> bool:
+    """Horizontal bars with CI whiskers for every pairwise rate; the 0.5 line is 'no difference'."""
+    rows = []
+    wr = metrics.get("win_rate")
+    if wr:
+        rows += [("reward win rate", wr["win_rate"]), ("length-controlled", wr["lc_win_rate"])]
+    if metrics.get("judge"):
+        rows.append(("LLM judge (swap)", metrics["judge"]["win_rate"]))
+    if metrics.get("implicit"):
+        rows.append(("implicit reward acc.", metrics["implicit"]["accuracy"]))
+    if not rows:
+        return False
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(7, 0.7 * len(rows) + 1.4))
+    names = [r[0] for r in rows][::-1]
+    vals = [r[1] for r in rows][::-1]
+    y = range(len(rows))
+    err = [[v["value"] - v["low"] for v in vals], [v["high"] - v["value"] for v in vals]]
+    colors = [ALIGNED_C if v["low"] > 0.5 else ("#d62728" if v["high"] < 0.5 else "#bcbd22") for v in vals]
+    ax.barh(list(y), [v["value"] for v in vals], xerr=err, color=colors, capsize=5)
+    ax.axvline(0.5, color="k", ls="--", lw=1)
+    for i, v in enumerate(vals):
+        ax.text(
+            min(v["high"] + 0.02, 0.9), i, f"{v['value']:.2f} [{v['low']:.2f}, {v['high']:.2f}]", va="center"
+        )
+    ax.set_yticks(list(y), names)
+    ax.set_xlim(0, 1)
+    ax.set_xlabel("aligned beats base (0.5 = no difference); bars: 95% bootstrap CI")
+    ax.set_title("Aligned vs base: pairwise rates")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
+def plot_rewards(
+    metrics: dict[str, Any], lengths: dict[str, list[int]], hist_path: Path, scatter_path: Path
+) -> bool:
+    rw = metrics.get("rewards")
+    if not rw:
+        return False
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(7, 4))
+    lo, hi = min(rw["base"] + rw["aligned"]), max(rw["base"] + rw["aligned"])
+    bins = [lo + (hi - lo + 1e-9) * i / 20 for i in range(21)]
+    ax.hist(rw["base"], bins=bins, alpha=0.6, color=BASE_C, label="base")
+    ax.hist(rw["aligned"], bins=bins, alpha=0.6, color=ALIGNED_C, label="aligned")
+    ax.set_xlabel("reward-model score")
+    ax.set_ylabel("responses")
+    ax.set_title("Reward distribution")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(hist_path, dpi=110)
+    plt.close(fig)
+    fig, ax = plt.subplots(figsize=(7, 4))
+    ax.scatter(lengths["base"], rw["base"], color=BASE_C, label="base", alpha=0.7)
+    ax.scatter(lengths["aligned"], rw["aligned"], color=ALIGNED_C, label="aligned", alpha=0.7)
+    ax.set_xlabel("response tokens")
+    ax.set_ylabel("reward-model score")
+    ax.set_title("Length vs reward (a strong upward trend = the RM rewards verbosity)")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(scatter_path, dpi=110)
+    plt.close(fig)
+    return True
+
+
+def plot_compliance(metrics: dict[str, Any], path: Path) -> bool:
+    comp = metrics.get("compliance")
+    if not comp or not comp["per_rule"]:
+        return False
+    plt = _plt()
+    rules = list(comp["per_rule"])
+    fig, ax = plt.subplots(figsize=(7, 0.45 * len(rules) + 1.5))
+    y = list(range(len(rules)))
+    for off, who, color in ((-0.2, "base", BASE_C), (0.2, "aligned", ALIGNED_C)):
+        vals = [comp["per_rule"][r][who] for r in rules]
+        err = [[v["value"] - v["low"] for v in vals], [v["high"] - v["value"] for v in vals]]
+        ax.barh(
+            [i + off for i in y],
+            [v["value"] for v in vals],
+            height=0.4,
+            xerr=err,
+            color=color,
+            label=who,
+            capsize=3,
+        )
+    ax.set_yticks(y, rules)
+    ax.set_xlim(0, 1.05)
+    ax.set_xlabel("pass rate (95% CI)")
+    ax.set_title("Brand compliance per rule")
+    ax.legend(loc="lower left")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True

@@ -1,0 +1,259 @@
+"""The report dir: ``report.json`` (everything), ``report.md`` (verdict first), PNGs, ``samples.jsonl``.
+
+The first screen of ``report.md`` is the verdict: one line, then one row per metric with base,
+aligned, the difference and its 95% CI, and which side is better ("inconclusive" when the CI
+covers no difference).
+"""
+
+from __future__ import annotations
+
+import html
+import json
+from pathlib import Path
+from typing import Any
+
+from onbrand.runs import atomic_dir, atomic_write_json, atomic_write_text, environment_record
+
+PPL_TAX = 0.10  # perplexity increase that counts as a capability regression
+
+
+def _ci(e: dict | None, digits: int = 3) -> str:
+    if not e:
+        return "—"
+    return f"{e['value']:.{digits}f} [{e['low']:.{digits}f}, {e['high']:.{digits}f}]"
+
+
+def _side(est: dict, null: float) -> str:
+    """Which side a CI favours relative to ``null`` (0.5 for rates, 0 for differences)."""
+    if est["low"] > null:
+        return "aligned"
+    if est["high"] < null:
+        return "base"
+    return "inconclusive"
+
+
+def verdict_rows(m: dict[str, Any]) -> list[dict[str, str]]:
+    rows: list[dict[str, str]] = []
+
+    def add(metric, base, aligned, delta, better, note=""):
+        rows.append(dict(metric=metric, base=base, aligned=aligned, delta=delta, better=better, note=note))
+
+    if "win_rate" in m:
+        wr = m["win_rate"]
+        add("Reward-model win rate", "—", _ci(wr["win_rate"]), f"W/T/L {wr['wins']}/{wr['ties']}/{wr['losses']}",
+            _side(wr["win_rate"], 0.5), "0.5 = no difference")  # fmt: skip
+        add("Length-controlled win rate", "—", _ci(wr["lc_win_rate"]), f"gap {wr['gap']:.3f}",
+            _side(wr["lc_win_rate"], 0.5), "at zero length difference")  # fmt: skip
+    if "judge" in m:
+        j = m["judge"]
+        add("LLM judge win rate (swapped)", "—", _ci(j["win_rate"]), f"consistency {j['consistency']:.2f}",
+            _side(j["win_rate"], 0.5))  # fmt: skip
+    if "compliance" in m:
+        c = m["compliance"]
+        worse = c["worse_rules"]
+        add("Brand compliance (all rules pass)", _ci(c["overall"]["base"]), _ci(c["overall"]["aligned"]),
+            _ci(c["overall"]["diff"]), "base" if worse and _side(c["overall"]["diff"], 0) != "aligned"
+            else _side(c["overall"]["diff"], 0), f"rules worse than base: {', '.join(worse)}" if worse else "no rule worse")  # fmt: skip
+    if "voice" in m:
+        v = m["voice"]
+        add("Brand-voice similarity", _ci(v["base"]), _ci(v["aligned"]), _ci(v["diff"]), _side(v["diff"], 0),
+            "cosine to exemplar centroid")  # fmt: skip
+    if "implicit" in m:
+        im = m["implicit"]
+        add("Implicit reward accuracy", "—", _ci(im["accuracy"]), f"margin {_ci(im['margin'])}",
+            _side(im["accuracy"], 0.5), f"{im['n_pairs']} held-out pairs, beta {im['beta']}")  # fmt: skip
+    if "perplexity" in m:
+        p = m["perplexity"]
+        ratio = p["ratio"]
+        better = (
+            "base"
+            if ratio > 1 + PPL_TAX
+            else ("aligned" if p["aligned"]["ppl"]["high"] < p["base"]["ppl"]["low"] else "no regression")
+        )
+        add("Perplexity, general text (lower = better)", _ci(p["base"]["ppl"], 2), _ci(p["aligned"]["ppl"], 2),
+            f"×{ratio:.3f}", better, f"alignment tax if > ×{1 + PPL_TAX:.2f}")  # fmt: skip
+    d = m["drift"]
+    add("Mean response tokens", _ci(d["base"]["tokens"]["mean"], 1), _ci(d["aligned"]["tokens"]["mean"], 1),
+        f"×{d['length_ratio']:.2f}", "info", "Goodhart: verbosity")  # fmt: skip
+    add("distinct-2 / repetition", f"{d['base']['distinct_2']:.3f} / {d['base']['repetition']['value']:.3f}",
+        f"{d['aligned']['distinct_2']:.3f} / {d['aligned']['repetition']['value']:.3f}", "", "info",
+        "diversity down / loops up = drift")  # fmt: skip
+    if "kl" in m:
+        k = m["kl"]
+        add(
+            "KL(aligned‖base) per sequence",
+            "0",
+            _ci(k["per_sequence"]),
+            f"{k['per_token']:.4f}/token",
+            "info",
+            k["note"],
+        )
+    return rows
+
+
+def headline(m: dict[str, Any], rows: list[dict[str, str]]) -> tuple[bool | None, str]:
+    """Aligned is better when the primary pairwise rate (LC win rate, else raw, else compliance)
+    favours it and neither compliance nor capability regressed."""
+    by = {r["metric"]: r["better"] for r in rows}
+    primary = next(
+        (
+            k
+            for k in (
+                "Length-controlled win rate",
+                "Reward-model win rate",
+                "Brand compliance (all rules pass)",
+            )
+            if k in by
+        ),
+        None,
+    )
+    if primary is None:
+        return None, "no pairwise metric was computed (no reward model and no brand card)"
+    regress = [k for k, v in by.items() if v == "base" and k != primary]
+    wins = [k for k, v in by.items() if v == "aligned"]
+    better = by[primary] == "aligned" and not regress
+    text = (
+        "ALIGNED IS BETTER"
+        if better
+        else ("ALIGNED IS NOT BETTER" if by[primary] != "inconclusive" or regress else "NO CLEAR DIFFERENCE")
+    )
+    parts = [f"primary metric: {primary.lower()} → {by[primary]}"]
+    if wins:
+        parts.append("aligned better on: " + ", ".join(w.lower() for w in wins))
+    if regress:
+        parts.append("worse on: " + ", ".join(r.lower() for r in regress))
+    return better, f"**{text}** — " + "; ".join(parts) + "."
+
+
+def _md_table(rows: list[dict[str, str]]) -> str:
+    lines = ["| Metric | Base | Aligned | Δ / detail | Better | Note |", "|---|---|---|---|---|---|"]
+    for r in rows:
+        mark = {"aligned": "✅ aligned", "base": "❌ base", "inconclusive": "≈ inconclusive"}.get(
+            r["better"], r["better"]
+        )
+        lines.append(
+            f"| {r['metric']} | {r['base']} | {r['aligned']} | {r['delta']} | {mark} | {r['note']} |"
+        )
+    return "\n".join(lines)
+
+
+def build_report(
+    cfg, aligned, ps, chats, base_gen, al_gen, metrics, warnings, engine_kind, cfg_dict
+) -> dict[str, Any]:
+    rows = verdict_rows(metrics)
+    better, line = headline(metrics, rows)
+    md = f"{line}\n\n{_md_table(rows)}"
+    return {
+        "verdict": {"aligned_better": better, "headline": line, "rows": rows, "markdown": md},
+        "metrics": metrics,
+        "warnings": warnings,
+        "inputs": {
+            "base_model": aligned.base_model,
+            "aligned": {
+                "kind": aligned.kind,
+                "path": str(aligned.path),
+                "run_id": (aligned.run or {}).get("run_id"),
+            },
+            "reference": str(aligned.reference_adapter or "base model"),
+            "prompts": ps.source,
+            "n_prompts": len(chats),
+            "n_pairs": len(ps.pairs),
+            "brand": cfg.brand,
+            "reward": cfg.reward,
+            "engine": engine_kind,
+            "sampling": cfg_dict["sampling"],
+        },
+        "config": cfg_dict,
+        "environment": environment_record(),
+    }
+
+
+def _cell(text: str, limit: int = 400) -> str:
+    """User/model text in a Markdown table cell: HTML-escaped, pipes and newlines neutralised."""
+    text = text if len(text) <= limit else text[:limit] + " …"
+    return html.escape(text).replace("|", "&#124;").replace("\n", "<br>")
+
+
+def _samples_md(ps, chats, base_gen, al_gen, metrics, k: int) -> str:
+    rw = metrics.get("rewards")
+    lines = ["| # | Prompt | Base | Aligned |", "|---|---|---|---|"]
+    for i in range(min(k, len(chats))):
+        user = chats[i][-1]["content"]
+        b, a = _cell(base_gen[i].text), _cell(al_gen[i].text)
+        if rw:
+            b += f"<br>*reward {rw['base'][i]:.2f}*"
+            a += f"<br>*reward {rw['aligned'][i]:.2f}*"
+        lines.append(f"| {i + 1} | {_cell(user, 200)} | {b} | {a} |")
+    return "\n".join(lines)
+
+
+def render_markdown(report: dict[str, Any], plots: list[str], samples_md: str) -> str:
+    v, inp, m = report["verdict"], report["inputs"], report["metrics"]
+    out = [
+        "# Eval report: aligned vs base",
+        "",
+        v["markdown"],
+        "",
+        f"Base `{inp['base_model']}` vs aligned `{inp['aligned']['path']}` ({inp['aligned']['kind']}), "
+        f"{inp['n_prompts']} prompts from `{inp['prompts']}`, engine `{inp['engine']}`. "
+        "Intervals are 95% bootstrap CIs over prompts.",
+    ]
+    if report["warnings"]:
+        out += ["", "**Warnings**", ""] + [f"- ⚠ {html.escape(w)}" for w in report["warnings"]]
+    if m.get("skipped"):
+        out += ["", "Not computed: " + "; ".join(f"{k} ({v})" for k, v in m["skipped"].items())]
+    out += ["", "## Plots", ""] + [f"![{p}]({p})" for p in plots]
+    if "compliance" in m:
+        out += [
+            "",
+            "## Compliance per rule",
+            "",
+            "| Rule | Kind | Base pass | Aligned pass | Violations base → aligned |",
+            "|---|---|---|---|---|",
+        ]
+        for rid, r in m["compliance"]["per_rule"].items():
+            out.append(
+                f"| {rid} | {r['kind']} | {_ci(r['base'], 2)} | {_ci(r['aligned'], 2)} | {r['base_violations']} → {r['aligned_violations']} |"
+            )
+    out += [
+        "",
+        "## Side-by-side samples",
+        "",
+        samples_md,
+        "",
+        "All samples: `samples.jsonl`. Everything: `report.json`.",
+    ]
+    if "timings" in m:
+        out += ["", "Timings (s): " + ", ".join(f"{k} {v}" for k, v in m["timings"].items())]
+    return "\n".join(out) + "\n"
+
+
+def write_report(out: Path, report, ps, chats, base_gen, al_gen, k: int) -> None:
+    from onbrand.eval.plots import plot_compliance, plot_rewards, plot_win_rates
+
+    m = report["metrics"]
+    lengths = {
+        "base": [len(g.token_ids[0]) for g in base_gen],
+        "aligned": [len(g.token_ids[0]) for g in al_gen],
+    }
+    with atomic_dir(out) as tmp:
+        plots = []
+        if plot_win_rates(m, tmp / "win_rates.png"):
+            plots.append("win_rates.png")
+        if plot_rewards(m, lengths, tmp / "rewards_hist.png", tmp / "length_vs_reward.png"):
+            plots += ["rewards_hist.png", "length_vs_reward.png"]
+        if plot_compliance(m, tmp / "compliance.png"):
+            plots.append("compliance.png")
+        rows = []
+        for i, c in enumerate(chats):
+            row = {"id": ps.ids[i], "channel": ps.channels[i], "prompt": c, "base": base_gen[i].texts,
+                   "aligned": al_gen[i].texts, "base_tokens": lengths["base"][i], "aligned_tokens": lengths["aligned"][i]}  # fmt: skip
+            if "rewards" in m:
+                row.update(base_reward=m["rewards"]["base"][i], aligned_reward=m["rewards"]["aligned"][i])
+            rows.append(json.dumps(row, ensure_ascii=False))
+        atomic_write_text(tmp / "samples.jsonl", "\n".join(rows) + "\n")
+        report["plots"] = plots
+        atomic_write_json(tmp / "report.json", report)
+        atomic_write_text(
+            tmp / "report.md", render_markdown(report, plots, _samples_md(ps, chats, base_gen, al_gen, m, k))
+        )

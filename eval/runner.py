@@ -1,0 +1,289 @@
+"""The ``onbrand eval`` stage: generate with base and aligned from one engine, score, report, gate.
+
+``run_eval(cfg) -> report dict`` is what the pipeline calls; ``main(argv)`` is the recipe entry::
+
+    onbrand eval --config configs/eval/demo.yaml [key=value ...] [--gate configs/eval/gates.yaml]
+
+Steps: resolve inputs -> generate (vLLM LoRA requests or transformers) -> free the engine -> score
+(reward model, brand rules, voice, log-prob metrics on one PEFT model holding the aligned adapter
+and the DPO reference) -> report dir (report.json, report.md, PNGs, samples.jsonl).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from onbrand.config import load_config, to_dict
+from onbrand.eval.config import EvalConfig
+from onbrand.eval.engines import Request, get_engine
+from onbrand.eval.inputs import Aligned, PromptSet, load_prompts, resolve_aligned, with_system
+
+ALIGNED, REFERENCE = "aligned", "reference"
+
+
+def _log(msg: str) -> None:
+    print(f"[eval] {msg}", file=sys.stderr, flush=True)
+
+
+def generate_both(cfg: EvalConfig, aligned: Aligned, chats: list[list[dict]]) -> tuple[list, list, str]:
+    """Greedy/sampled generations for base and aligned, in prompt order; returns (base, aligned, engine kind)."""
+    opts = dict(
+        kv_cache_gib=cfg.kv_cache_gib, max_model_len=cfg.max_model_len, seed=cfg.seed,
+        batch_size=cfg.batch_size, progress=True,
+    )  # fmt: skip
+    base_reqs = [Request(c, None, f"base-{i}") for i, c in enumerate(chats)]
+    if aligned.kind == "adapter":
+        engine = get_engine(cfg.engine, aligned.base_model, {ALIGNED: aligned.path}, **opts)
+        try:
+            al_reqs = [Request(c, ALIGNED, f"aligned-{i}") for i, c in enumerate(chats)]
+            outs = engine.generate(base_reqs + al_reqs, cfg.sampling)
+            kind = engine.kind
+        finally:
+            engine.close()
+        return outs[: len(chats)], outs[len(chats) :], kind
+    # A merged checkpoint is a different model: one engine each, one at a time (memory).
+    outs = []
+    for model in (aligned.base_model, aligned.path):
+        engine = get_engine(cfg.engine, model, None, **opts)
+        try:
+            outs.append(engine.generate(base_reqs, cfg.sampling))
+            kind = engine.kind
+        finally:
+            engine.close()
+    return outs[0], outs[1], kind
+
+
+class LogProbModels:
+    """Teacher-forced log-probs for base / aligned / reference from one PEFT model (plus a second
+    model when aligned is a merged checkpoint)."""
+
+    def __init__(self, aligned: Aligned, batch_size: int):
+        from onbrand.eval.engines.hf import load_with_adapters
+
+        adapters = {}
+        if aligned.kind == "adapter":
+            adapters[ALIGNED] = aligned.path
+        if aligned.reference_adapter is not None:
+            adapters[REFERENCE] = aligned.reference_adapter
+        self.model, self.tokenizer = load_with_adapters(aligned.base_model, adapters)
+        self.merged = None
+        if aligned.kind == "merged":
+            from onbrand.models import load_model
+
+            self.merged = load_model(aligned.path).eval()
+        self.has_reference = aligned.reference_adapter is not None
+        self.batch_size = batch_size
+
+    def fn(self, which: str):
+        from onbrand.eval.engines.hf import use_adapter
+        from onbrand.eval.metrics.logprobs import token_logprobs
+
+        def run(prompts, responses):
+            if which == ALIGNED and self.merged is not None:
+                return token_logprobs(self.merged, prompts, responses, self.batch_size)
+            adapter = {"base": None, ALIGNED: ALIGNED, REFERENCE: REFERENCE if self.has_reference else None}[
+                which
+            ]
+            with use_adapter(self.model, adapter) as m:
+                return token_logprobs(m, prompts, responses, self.batch_size)
+
+        return run
+
+
+def _channels(card, channels: list[str | None], warnings: list[str]) -> list[str | None]:
+    known = set(getattr(card, "channels", {}) or {})
+    unknown = sorted({c for c in channels if c is not None and c not in known})
+    if unknown:
+        warnings.append(
+            f"prompt channels {unknown} are not in the brand card: their channel rules are not checked"
+        )
+    return [c if c in known else None for c in channels]
+
+
+def score_all(cfg, aligned, ps: PromptSet, chats, base_gen, al_gen, card, scorer, embedder, warnings) -> dict:
+    """Every metric family; a family whose input is missing is recorded under ``skipped``."""
+    from onbrand.eval.metrics import compliance, drift, voice, winrate
+
+    m: dict[str, Any] = {"skipped": {}}
+    base_txt, al_txt = [g.text for g in base_gen], [g.text for g in al_gen]
+    base_len, al_len = [len(g.token_ids[0]) for g in base_gen], [len(g.token_ids[0]) for g in al_gen]
+    nb, seed = cfg.bootstrap, cfg.seed
+    m["drift"] = drift.drift(al_txt, base_txt, al_len, base_len)
+    if cfg.metrics.reward and (scorer is not None or cfg.reward):
+        if scorer is None:
+            from onbrand.training.reward import RewardScorer
+
+            scorer = RewardScorer(cfg.reward)
+        ra, rb = winrate.score_pairs(scorer, chats, al_txt, base_txt)
+        m["win_rate"] = winrate.win_rates(ra, rb, al_len, base_len, nb, cfg.ci, seed, cfg.lc_warn_gap)
+        m["rewards"] = {"aligned": ra, "base": rb}
+        if m["win_rate"]["warning"]:
+            warnings.append(m["win_rate"]["warning"])
+    elif cfg.metrics.reward:
+        m["skipped"]["win_rate"] = "no reward model (set reward: <reward run dir>)"
+    chans = _channels(card, ps.channels, warnings) if card is not None else ps.channels
+    if cfg.metrics.compliance and card is not None:
+        m["compliance"] = compliance.compliance(card, al_txt, base_txt, chans, nb, seed)
+    elif cfg.metrics.compliance:
+        m["skipped"]["compliance"] = "no brand card (set brand: configs/brands/<id>.yaml)"
+    exemplars = list(getattr(card, "exemplars", []) or [])
+    if cfg.metrics.voice and exemplars:
+        m["voice"] = voice.voice(
+            embedder or voice.load_embedder(), al_txt, base_txt, chans, exemplars, nb, seed
+        )
+    elif cfg.metrics.voice:
+        m["skipped"]["voice"] = "the brand card has no exemplars"
+    if cfg.metrics.kl or cfg.metrics.implicit or cfg.metrics.perplexity:
+        _logprob_metrics(cfg, aligned, ps, chats, al_gen, card, m)
+    if cfg.metrics.judge:
+        from onbrand.eval.metrics.judge import judge
+
+        engine = get_engine(cfg.engine, cfg.judge_model or aligned.base_model, None, kv_cache_gib=cfg.kv_cache_gib,
+                            max_model_len=cfg.max_model_len, batch_size=cfg.batch_size)  # fmt: skip
+        try:
+            brand_text = card.system_prompt() if card is not None else "(no brand card)"
+            m["judge"] = judge(engine, chats, al_txt, base_txt, brand_text, n_boot=nb, seed=seed)
+            m["judge"]["model"] = str(cfg.judge_model or aligned.base_model)
+        finally:
+            engine.close()
+    return m
+
+
+def _logprob_metrics(cfg, aligned, ps, chats, al_gen, card, m) -> None:
+    from onbrand.eval.engines import render_prompt
+    from onbrand.eval.engines.base import stop_token_ids
+    from onbrand.eval.inputs import general_text_files
+    from onbrand.eval.metrics import logprobs
+
+    t0 = time.perf_counter()
+    lp = LogProbModels(aligned, cfg.batch_size)
+    tok = lp.tokenizer
+    nb, seed = cfg.bootstrap, cfg.seed
+    if cfg.metrics.kl:
+        prompt_ids = [render_prompt(tok, c) for c in chats]
+        m["kl"] = logprobs.kl_estimate(
+            lp.fn(ALIGNED), lp.fn("base"), prompt_ids, [g.token_ids[0] for g in al_gen], nb, seed
+        )
+        m["kl"]["note"] = (
+            "greedy samples: log-ratio at the aligned mode" if cfg.sampling.greedy else "sampled"
+        )
+    if cfg.metrics.implicit and ps.pairs:
+        end = stop_token_ids(tok, getattr(lp.model, "generation_config", None))[:1]
+        system = card.system_prompt() if card is not None else None
+        p_ids = [render_prompt(tok, with_system(p["prompt"], system)) for p in ps.pairs]
+
+        def resp(p, key):
+            text = "".join(x["content"] for x in p[key] if x["role"] == "assistant")
+            return tok.encode(text, add_special_tokens=False) + end
+
+        chosen = [resp(p, "chosen") for p in ps.pairs]
+        rejected = [resp(p, "rejected") for p in ps.pairs]
+        m["implicit"] = logprobs.implicit_reward(
+            lp.fn(ALIGNED), lp.fn(REFERENCE), p_ids, chosen, rejected, aligned.beta, nb, seed
+        )
+        m["implicit"]["reference"] = str(aligned.reference_adapter or "base model")
+    elif cfg.metrics.implicit:
+        m["skipped"]["implicit"] = (
+            "no held-out preference pairs (needs a snapshot or records with chosen/rejected)"
+        )
+    if cfg.metrics.perplexity:
+        ids: list[int] = []
+        for f in general_text_files():
+            ids += tok.encode(f.read_text(encoding="utf-8"), add_special_tokens=False)
+        ids = ids[: cfg.ppl_max_tokens] if cfg.ppl_max_tokens else ids
+        win = logprobs.windows(ids, cfg.ppl_window)
+        pb, pa = logprobs.perplexity(lp.fn("base"), win), logprobs.perplexity(lp.fn(ALIGNED), win)
+        m["perplexity"] = {"base": pb, "aligned": pa, "ratio": pa["ppl"]["value"] / pb["ppl"]["value"]}
+    m.setdefault("timings", {})["logprob_s"] = round(time.perf_counter() - t0, 1)
+
+
+def run_eval(cfg: EvalConfig, scorer=None, embedder=None) -> dict[str, Any]:
+    """Run the whole eval stage; returns the report dict (also written to ``cfg.out_dir``).
+
+    ``scorer`` (anything with ``.score(conversations) -> list[float]``) and ``embedder`` (anything
+    with ``.encode(texts)``) override the reward run and the MiniLM embedder (tests, custom RMs).
+    """
+    from onbrand.eval.report import build_report, write_report
+
+    t0 = time.perf_counter()
+    if cfg.threads:
+        import torch
+
+        torch.set_num_threads(cfg.threads)
+    aligned = resolve_aligned(cfg.aligned, cfg.base_model, cfg.beta)
+    ps = load_prompts(cfg.snapshot, cfg.prompts, cfg.split, cfg.max_prompts, cfg.max_pairs)
+    card = None
+    if cfg.brand:
+        from onbrand.data.brand import load_brand
+
+        card = load_brand(cfg.brand)
+    warnings: list[str] = []
+    system = card.system_prompt() if card is not None else None
+    if card is not None and aligned.run and aligned.run.get("system_prompt") not in (None, system):
+        warnings.append(
+            "the aligned run was trained with a different system prompt than this brand card renders"
+        )
+    chats = [with_system(p, system) for p in ps.prompts]
+    _log(f"{len(chats)} prompts from {ps.source}; aligned = {aligned.kind} {aligned.path}")
+    t_gen = time.perf_counter()
+    base_gen, al_gen, engine_kind = generate_both(cfg, aligned, chats)
+    gen_s = time.perf_counter() - t_gen
+    _log(f"generated with {engine_kind} in {gen_s:.1f}s; scoring")
+    metrics = score_all(cfg, aligned, ps, chats, base_gen, al_gen, card, scorer, embedder, warnings)
+    metrics.setdefault("timings", {}).update(
+        generate_s=round(gen_s, 1), total_s=round(time.perf_counter() - t0, 1)
+    )
+    report = build_report(
+        cfg, aligned, ps, chats, base_gen, al_gen, metrics, warnings, engine_kind, to_dict(cfg)
+    )
+    write_report(Path(cfg.out_dir), report, ps, chats, base_gen, al_gen, cfg.samples_in_report)
+    _log(f"report written to {cfg.out_dir}/report.md")
+    return report
+
+
+def gate_report(report: dict[str, Any], gate_path: str) -> int:
+    """Print the gate checks; 0 when all pass, 1 otherwise."""
+    from onbrand.eval.gate import GateConfig, check_gate, format_checks
+
+    gate = load_config(GateConfig, gate_path)
+    checks = check_gate(report, gate)
+    failed = [c for c in checks if not c.passed]
+    print(f"gate {gate_path}: {len(checks) - len(failed)}/{len(checks)} checks passed")
+    print(format_checks(checks))
+    if failed:
+        print(f"GATE FAILED: {', '.join(c.name for c in failed)}")
+    return 1 if failed else 0
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", help="eval config YAML (configs/eval/*.yaml)")
+    p.add_argument("--gate", help="gate thresholds YAML (configs/eval/gates.yaml): exit 1 when a check fails")
+    p.add_argument("--from-report", help="skip generation: gate an existing report.json")
+    p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. sampling.max_new_tokens=64")
+
+
+def handle(args: argparse.Namespace) -> int:
+    import json
+
+    if args.from_report:
+        if not args.gate:
+            raise ValueError("--from-report needs --gate")
+        return gate_report(json.loads(Path(args.from_report).read_text(encoding="utf-8")), args.gate)
+    cfg = load_config(EvalConfig, args.config, args.overrides)
+    report = run_eval(cfg)
+    print(report["verdict"]["markdown"])
+    return gate_report(report, args.gate) if args.gate else 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="onbrand eval", description=__doc__.splitlines()[0])
+    add_arguments(p)
+    return handle(p.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,186 @@
+"""The eval stage end to end on the tiny model (HF engine), report contents, gate exit codes."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import yaml
+
+from onbrand.config import ConfigError, load_config
+from onbrand.eval.config import EvalConfig
+from onbrand.eval.gate import GateConfig, check_gate
+from onbrand.eval.runner import main as eval_main
+from onbrand.eval.runner import run_eval
+
+CHANNEL = "product_question"
+
+
+class LengthScorer:
+    """A reward model that only likes length (words), for a known verdict shape."""
+
+    def __init__(self):
+        self.calls = 0
+
+    def score(self, conversations):
+        self.calls += 1
+        assert all(c[-1]["role"] == "assistant" and c[0]["role"] == "system" for c in conversations)
+        return [float(len(c[-1]["content"].split())) for c in conversations]
+
+
+class HashEmbedder:
+    """Deterministic bag-of-letters embedder (the real MiniLM is tested separately)."""
+
+    def encode(self, texts, **kw):
+        out = np.zeros((len(texts), 26))
+        for i, t in enumerate(texts):
+            for ch in t.lower():
+                if "a" <= ch <= "z":
+                    out[i, ord(ch) - 97] += 1
+        return out + 1e-3
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory, eval_tiny_dir, eval_lora_dir):
+    run = tmp_path_factory.mktemp("dpo-run")
+    shutil.copytree(eval_lora_dir, run / "adapter")
+    (run / "run.json").write_text(json.dumps({"kind": "dpo", "run_id": "dpo-test", "base_model": str(eval_tiny_dir),
+                                              "parent_run": None, "system_prompt": None}))  # fmt: skip
+    (run / "config.yaml").write_text(yaml.safe_dump({"dpo": {"beta": 0.25}}))
+    return run
+
+
+@pytest.fixture(scope="module")
+def prompts_file(tmp_path_factory):
+    path = tmp_path_factory.mktemp("prompts") / "p.jsonl"
+    rows = []
+    for i, q in enumerate(
+        [
+            "Does the Dawn lamp have a timer?",
+            "How bright is Halo?",
+            "Is the app free?",
+            "Can Drift bulbs dim?",
+        ]
+    ):
+        rows.append({"id": f"r{i}", "prompt": [{"role": "user", "content": q}], "channel": CHANNEL,
+                     "chosen": [{"role": "assistant", "content": "Yes, it has a thirty minute timer you set in the app."}],
+                     "rejected": [{"role": "assistant", "content": "BUY NOW!!"}]})  # fmt: skip
+    path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    return path
+
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory, run_dir, prompts_file, repo_root):
+    out = tmp_path_factory.mktemp("eval") / "report"
+    cfg = load_config(EvalConfig, None, [f"aligned={run_dir}", f"prompts={prompts_file}", f"out_dir={out}",
+                      f"brand={repo_root / 'configs/brands/aurora.yaml'}", "engine=hf", "sampling.max_new_tokens=12",
+                      "bootstrap=200", "ppl_max_tokens=300", "ppl_window=64"])  # fmt: skip
+    scorer = LengthScorer()
+    rep = run_eval(cfg, scorer=scorer, embedder=HashEmbedder())
+    assert scorer.calls == 2
+    return rep, out
+
+
+def test_report_files_and_first_screen(report):
+    rep, out = report
+    for name in ("report.json", "report.md", "samples.jsonl", "win_rates.png", "rewards_hist.png",
+                 "length_vs_reward.png", "compliance.png"):  # fmt: skip
+        assert (out / name).stat().st_size > 0, name
+    md = (out / "report.md").read_text().splitlines()
+    assert md[0] == "# Eval report: aligned vs base"
+    assert md[2].startswith("**ALIGNED IS") or md[2].startswith("**NO CLEAR")  # verdict on line 3
+    assert any(line.startswith("| Reward-model win rate |") for line in md[:12])
+    assert len((out / "samples.jsonl").read_text().splitlines()) == 4
+    on_disk = json.loads((out / "report.json").read_text())
+    assert on_disk["verdict"]["headline"] == rep["verdict"]["headline"]
+
+
+def test_report_metrics_consistent(report):
+    rep, _ = report
+    m = rep["metrics"]
+    assert set(m) >= {"win_rate", "compliance", "voice", "implicit", "kl", "perplexity", "drift"}
+    assert m["implicit"]["beta"] == 0.25 and m["implicit"]["n_pairs"] == 4  # beta from the run's config.yaml
+    wr = m["win_rate"]
+    assert wr["wins"] + wr["ties"] + wr["losses"] == 4
+    # The length-only scorer: every win must go to the longer answer.
+    for a, b, la, lb in zip(m["rewards"]["aligned"], m["rewards"]["base"], *_words(report)):
+        assert (a > b) == (la > lb)
+    assert m["perplexity"]["base"]["ppl"]["value"] > 1.0 and m["perplexity"]["ratio"] > 0
+    assert m["kl"]["per_sequence"]["value"] != 0.0  # the adapter changes the distribution
+    assert rep["inputs"]["engine"] == "hf" and rep["inputs"]["reference"] == "base model"
+
+
+def _words(report):
+    _, out = report
+    rows = [json.loads(x) for x in (out / "samples.jsonl").read_text().splitlines()]
+    return [len(r["aligned"][0].split()) for r in rows], [len(r["base"][0].split()) for r in rows]
+
+
+def test_config_errors_name_the_key():
+    with pytest.raises(ConfigError, match="sampling.temperatur"):
+        load_config(EvalConfig, None, ["sampling.temperatur=1"])
+    with pytest.raises(ConfigError, match="split must be"):
+        load_config(EvalConfig, None, ["split=dev"])
+    with pytest.raises(ConfigError, match="ci must be in"):
+        load_config(EvalConfig, None, ["ci=1.5"])
+
+
+def test_bad_prompt_file_names_line(tmp_path, run_dir):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"prompt": "ok"}\n{"promt": "typo"}\n')
+    cfg = load_config(EvalConfig, None, [f"aligned={run_dir}", f"prompts={bad}", "engine=hf"])
+    with pytest.raises(ValueError, match=r"bad.jsonl:2: field 'prompt' is missing"):
+        run_eval(cfg)
+
+
+def _report(win_low=0.6, gap=0.02, ppl_ratio=1.02, worse=False):
+    return {"metrics": {
+        "win_rate": {"win_rate": {"value": win_low + 0.1, "low": win_low, "high": 0.9},
+                     "lc_win_rate": {"value": 0.6, "low": 0.52, "high": 0.7}, "gap": gap},
+        "compliance": {"per_rule": {"hype_words": {"base_violations": 1, "aligned_violations": 3 if worse else 0}}},
+        "perplexity": {"ratio": ppl_ratio},
+    }}  # fmt: skip
+
+
+def test_gate_checks():
+    gate = GateConfig()
+    assert all(c.passed for c in check_gate(_report(), gate))
+    failed = lambda r: {c.name for c in check_gate(r, gate) if not c.passed}  # noqa: E731
+    assert failed(_report(win_low=0.5)) == {"win_rate_ci_low"}  # "<= 0.5" fails
+    assert failed(_report(gap=0.15)) == {"lc_agreement"}
+    assert failed(_report(ppl_ratio=1.2)) == {"perplexity_increase"}
+    assert failed(_report(worse=True)) == {"compliance_no_worse"}
+    assert failed({"metrics": {}}) == {
+        "win_rate_ci_low",
+        "lc_agreement",
+        "compliance_no_worse",
+        "perplexity_increase",
+    }
+    assert not failed({"metrics": {}}) - failed({"metrics": {}})
+    assert all(c.passed for c in check_gate({"metrics": {}}, GateConfig(allow_missing=True)))
+    with pytest.raises(ValueError, match="max_lc_gap"):
+        GateConfig(max_lc_gap=2.0)
+
+
+def test_gate_exit_codes_via_cli(tmp_path, repo_root, capsys):
+    from onbrand.cli import main as cli_main
+
+    gates = repo_root / "configs/eval/gates.yaml"
+    good, bad = tmp_path / "good.json", tmp_path / "bad.json"
+    good.write_text(json.dumps(_report()))
+    bad.write_text(json.dumps(_report(win_low=0.4, worse=True)))
+    assert cli_main(["eval", "--from-report", str(good), "--gate", str(gates)]) == 0
+    assert eval_main(["--from-report", str(bad), "--gate", str(gates)]) == 1
+    out = capsys.readouterr().out
+    assert "GATE FAILED: win_rate_ci_low, compliance_no_worse" in out and "hype_words (1 -> 3)" in out
+
+
+def test_real_minilm_voice_similarity():
+    from onbrand.eval.metrics.voice import load_embedder, similarities
+
+    emb = load_embedder()
+    ex = ["Thanks for asking. The Dawn lamp brightens gently over thirty minutes before your alarm."]
+    s = similarities(emb, [ex[0], "Quarterly tax filings are due in April."], [None, None], ex)
+    assert s[0] == pytest.approx(1.0, abs=1e-4) and s[1] < 0.4
