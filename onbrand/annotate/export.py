@@ -129,7 +129,7 @@ def project_stats(s: Session, project: Project) -> dict[str, Any]:
     n_tasks = s.scalar(select(func.count(Task.id)).where(Task.project_id == project.id))
     return {
         "project": project.name,
-        "brand": project.brand_id,
+        "brand": project.brand_name,
         "tasks": n_tasks,
         "judgements": len(judgements),
         "labels": dict(Counter(j.choice for j in judgements)),

@@ -68,7 +68,7 @@ JS = """
 
 
 def esc(value: Any) -> str:
-    return escape(str(value), quote=True)
+    return escape("n/a" if value is None else str(value), quote=True)
 
 
 def page(title: str, body: str, header: str = "") -> str:
@@ -168,7 +168,7 @@ def admin_page(stats: list[dict[str, Any]]) -> str:
     for st in stats:
         rows = "".join(
             f"<tr><td>{esc(r['annotator'])}</td><td>{r['judged']} / {r['assigned']}</td>"
-            f"<td>{esc(r['per_hour'] if r['per_hour'] is not None else '-')}</td><td>{esc(r['last'] or '-')}</td></tr>"
+            f"<td>{esc(r['per_hour'])}</td><td>{esc(r['last'])}</td></tr>"
             for r in st["annotators"]
         )
         ag = st["agreement"]
@@ -186,5 +186,5 @@ def admin_page(stats: list[dict[str, Any]]) -> str:
             f"<b>{esc(ag['krippendorff_alpha'])}</b>, raw agreement {esc(ag['percent_agreement'])}</p>"
             f"<table><tr><th>Pair</th><th>Shared items</th><th>Cohen kappa</th></tr>{kappas}</table></div>"
         )
-    body = "<h1>Admin</h1>" + ("".join(parts) or "<p class=muted>No projects yet.</p>")
-    return page("Admin", body)
+    body = "".join(parts) or "<p class=muted>No projects yet.</p>"
+    return page("Admin", body, _header("onbrand admin", "admin", f"{len(stats)} project(s)"))

@@ -51,6 +51,7 @@ def server(tmp_path, brand_facts):
     with open_db(url)() as s:
         project = service.get_project(s, "aurora")
         token = service.add_annotator(s, project, "alice")[1]
+        admin = service.set_admin_token(s)
         pair = {
             "prompt": [
                 {"role": "user", "content": "My Dawn lamp stopped working <script>alert('x')</script>"}
@@ -71,7 +72,7 @@ def server(tmp_path, brand_facts):
         if time.time() > deadline:
             raise RuntimeError("server did not start")
         time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}", token, url
+    yield f"http://127.0.0.1:{port}", token, url, admin
     srv.should_exit = True
     thread.join(timeout=10)
 
@@ -79,7 +80,7 @@ def server(tmp_path, brand_facts):
 def test_browser_login_judge_with_keyboard(server, tmp_path):
     from playwright.sync_api import sync_playwright
 
-    base, token, url = server
+    base, token, url, admin = server
     dialogs = []
     with sync_playwright() as pw:
         ctx = pw.chromium.launch_persistent_context(
@@ -109,12 +110,20 @@ def test_browser_login_judge_with_keyboard(server, tmp_path):
                 page.keyboard.press(key)
             page.wait_for_selector("#empty")
             assert "1 / 1 judged" in page.inner_text("#progress")
+            # The admin signs in on the same page and sees the judgement in the dashboard.
+            page.click("text=Sign out")
+            page.fill("#token", admin)
+            page.click("#login")
+            page.wait_for_url(f"{base}/admin")
+            assert "1 judgements on 1 tasks" in page.inner_text("main")
+            page.screenshot(path=str(tmp_path / "annotate_admin_screenshot.png"), full_page=True)
         finally:
             ctx.close()
     assert dialogs == []  # the <script> in the prompt never ran
     out = REPO / "bench" / "results" / "annotate_screenshot.png"
     out.parent.mkdir(parents=True, exist_ok=True)
     shutil.copy(shot, out)
+    shutil.copy(tmp_path / "annotate_admin_screenshot.png", out.with_name("annotate_admin_screenshot.png"))
     assert shot.stat().st_size > 10_000
     with open_db(url)() as s:
         js = list(s.scalars(select(Judgement)))
