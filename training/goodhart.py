@@ -1,0 +1,142 @@
+"""Goodhart monitor: is the policy gaming the reward instead of getting better?
+
+Each RL step it records the reward (total and per component), the KL to the reference, the
+response length and the diversity of the responses (distinct-2 and 4-gram repetition, from eval's
+``onbrand.eval.metrics.drift`` so RL and eval measure the same thing). It warns when the reward
+RISES while a proxy of reward hacking EXPLODES:
+
+    rising  = mean(reward, last W steps) - mean(reward, first W steps) > min_reward_gain
+    flags   = KL/token > kl_max
+            | mean length > length_ratio_max * baseline length     (baseline = first W steps)
+            | distinct-2  < distinct2_min_ratio * baseline distinct-2
+            | repetition  > repetition_max
+    warning = rising & any(flags)
+
+With ``stop: true`` a warning that lasts ``patience`` consecutive steps raises
+:class:`GoodhartStop` (the recipe then saves the adapter as it was BEFORE that step's update).
+Every step's signals go to the metrics (``goodhart/*``) and each warning to ``<run>/goodhart.jsonl``.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from onbrand.config import check_range
+
+
+@dataclass
+class GoodhartConfig:
+    window: int = 4  # steps in the baseline window and in the "recent" window
+    min_reward_gain: float = 0.0  # reward gain (recent - baseline) that counts as "rising"
+    kl_max: float = 0.5  # nats per completion token
+    length_ratio_max: float = 2.0
+    distinct2_min_ratio: float = 0.5
+    repetition_max: float = 0.5
+    stop: bool = False  # raise GoodhartStop when the warning persists
+    patience: int = 2
+
+    def __post_init__(self) -> None:
+        check_range("goodhart.window", self.window, 1, 10_000)
+        check_range("goodhart.kl_max", self.kl_max, 0, None, lo_open=True)
+        check_range("goodhart.length_ratio_max", self.length_ratio_max, 1, None, lo_open=True)
+        check_range("goodhart.distinct2_min_ratio", self.distinct2_min_ratio, 0, 1)
+        check_range("goodhart.repetition_max", self.repetition_max, 0, 1)
+        check_range("goodhart.patience", self.patience, 1, 10_000)
+
+
+class GoodhartStop(RuntimeError):
+    """The reward rose while KL/length/diversity went out of bounds for ``patience`` steps."""
+
+
+def diversity(texts: list[str]) -> dict[str, float]:
+    """distinct-2 over the batch and mean 4-gram repetition per response."""
+    from onbrand.eval.metrics.drift import distinct_n, repetition_rate
+
+    return {
+        "distinct_2": distinct_n(texts, 2),
+        "repetition": sum(repetition_rate(t) for t in texts) / max(1, len(texts)),
+    }
+
+
+def _mean(xs: list[float]) -> float:
+    return sum(xs) / len(xs) if xs else 0.0
+
+
+class GoodhartMonitor:
+    """``observe(step, signals) -> metrics``; ``signals`` has reward, kl, length, distinct_2, repetition."""
+
+    def __init__(self, cfg: GoodhartConfig, log_path: str | Path | None = None, verbose: bool = True):
+        self.cfg = cfg
+        self.log_path = Path(log_path) if log_path else None
+        self.verbose = verbose
+        self.history: list[dict[str, float]] = []
+        self.streak = 0
+        self.warnings: list[dict[str, Any]] = []
+
+    def _flags(self, now: dict[str, float], base: dict[str, float]) -> list[str]:
+        c = self.cfg
+        flags = []
+        if now["kl"] > c.kl_max:
+            flags.append(f"KL {now['kl']:.3f}/token > {c.kl_max}")
+        if base["length"] > 0 and now["length"] > c.length_ratio_max * base["length"]:
+            flags.append(f"length {now['length']:.1f} > {c.length_ratio_max} x baseline {base['length']:.1f}")
+        if base["distinct_2"] > 0 and now["distinct_2"] < c.distinct2_min_ratio * base["distinct_2"]:
+            flags.append(
+                f"distinct-2 {now['distinct_2']:.3f} < {c.distinct2_min_ratio} x baseline {base['distinct_2']:.3f}"
+            )
+        if now["repetition"] > c.repetition_max:
+            flags.append(f"repetition {now['repetition']:.3f} > {c.repetition_max}")
+        return flags
+
+    def observe(self, step: int, signals: dict[str, float]) -> dict[str, float]:
+        keys = ("reward", "kl", "length", "distinct_2", "repetition")
+        missing = [k for k in keys if k not in signals]
+        if missing:
+            raise ValueError(f"goodhart monitor: signals lack {missing}")
+        self.history.append({k: float(signals[k]) for k in keys})
+        w = self.cfg.window
+        base = {k: _mean([h[k] for h in self.history[:w]]) for k in keys}
+        recent = {k: _mean([h[k] for h in self.history[-w:]]) for k in keys}
+        now = self.history[-1]
+        gain = recent["reward"] - base["reward"]
+        rising = len(self.history) > w and gain > self.cfg.min_reward_gain
+        flags = self._flags(now, base) if rising else []
+        self.streak = self.streak + 1 if flags else 0
+        out = {
+            "goodhart/reward_gain": gain,
+            "goodhart/length_ratio": now["length"] / base["length"] if base["length"] else 1.0,
+            "goodhart/distinct2_ratio": now["distinct_2"] / base["distinct_2"] if base["distinct_2"] else 1.0,
+            "goodhart/warning": float(bool(flags)),
+        }
+        if flags:
+            self._warn(step, gain, flags, now)
+        return out
+
+    def _warn(self, step: int, gain: float, flags: list[str], now: dict[str, float]) -> None:
+        record = {"step": step, "reward_gain": gain, "flags": flags, **now}
+        self.warnings.append(record)
+        if self.verbose:
+            print(
+                f"goodhart: step {step}: reward up {gain:+.3f} while " + "; ".join(flags)
+                + (" (stopping)" if self.should_stop else ""),
+                file=sys.stderr,
+            )  # fmt: skip
+        if self.log_path is not None:
+            with open(self.log_path, "a", encoding="utf-8") as f:
+                f.write(json.dumps(record) + "\n")
+
+    @property
+    def should_stop(self) -> bool:
+        return self.cfg.stop and self.streak >= self.cfg.patience
+
+    def check_stop(self, step: int) -> None:
+        if self.should_stop:
+            last = self.warnings[-1]["flags"] if self.warnings else []
+            raise GoodhartStop(
+                f"step {step}: reward kept rising for {self.streak} steps while {'; '.join(last)} "
+                "(goodhart.stop=true); the adapter is saved as it was before this step"
+            )
