@@ -207,7 +207,7 @@ def item_view(s: Session, ann: Annotator, asg, task) -> dict[str, Any]:
     }
 
 
-def _install_pages(app: FastAPI, db) -> None:
+def _install_login(app: FastAPI, db) -> None:
     @app.get("/static/app.css")
     def css():
         return Response(pages.CSS, media_type="text/css")
@@ -234,7 +234,8 @@ def _install_pages(app: FastAPI, db) -> None:
         else:
             return HTMLResponse(pages.login_page("Unknown token."), 401)
         resp = RedirectResponse(target, 303)
-        resp.set_cookie(COOKIE, token, httponly=True, samesite="strict", max_age=14 * 86400)
+        secure = request.url.scheme == "https"  # behind a TLS proxy the cookie never travels in clear
+        resp.set_cookie(COOKIE, token, httponly=True, samesite="strict", secure=secure, max_age=14 * 86400)
         return resp
 
     @app.post("/logout")
@@ -243,11 +244,20 @@ def _install_pages(app: FastAPI, db) -> None:
         resp.delete_cookie(COOKIE)
         return resp
 
+
+def _install_pages(app: FastAPI, db) -> None:
+    _install_login(app, db)
+
     @app.get("/annotate", response_class=HTMLResponse)
     def annotate(request: Request, s: Session = Depends(db)):
-        if _token(request) is None:
-            return RedirectResponse("/login", 303)
-        ann = _annotator(request, s)
+        token = _token(request)
+        ann = service.annotator_for_token(s, token)
+        if ann is None:  # signed out, stale cookie, or the admin: back to the right page
+            target = "/admin" if service.is_admin(s, token) else "/login"
+            resp = RedirectResponse(target, 303)
+            if target == "/login" and token:
+                resp.delete_cookie(COOKIE)
+            return resp
         project = s.get(Project, ann.project_id)
         done, total = service.progress(s, ann)
         nxt = service.next_assignment(s, ann)

@@ -191,6 +191,10 @@ def register(sub) -> None:
     _common(sp, project=False)
     sp.set_defaults(func=cmd_admin_token)
 
+    _register_admin(asub)
+
+
+def _register_admin(asub) -> None:
     sp = asub.add_parser("project", help="create a project from a brand card")
     _common(sp, project=False)
     sp.add_argument("--brand", required=True, help="brand card YAML")

@@ -49,6 +49,13 @@ def test_auth_status_codes(env):
     assert c.get("/api/admin/projects/aurora/stats", headers=env.auth("admin")).status_code == 200
     # The admin token is not an annotator.
     assert c.get("/api/next", headers=env.auth("admin")).status_code == 403
+    # Browsers: no cookie or a stale one goes to the sign-in page, never to an item.
+    assert c.get("/annotate", follow_redirects=False).headers["location"] == "/login"
+    c.cookies.set("onbrand_token", "stale-token-000")
+    r = c.get("/annotate", follow_redirects=False)
+    assert r.status_code == 303 and r.headers["location"] == "/login"
+    r = c.post("/login", data={"token": "stale-token-000"}, follow_redirects=False)
+    assert r.status_code == 401 and "onbrand_token" not in r.headers.get("set-cookie", "")
 
 
 def test_tokens_are_stored_hashed(env):
