@@ -94,16 +94,31 @@ def split_records(
 
 
 def _import(cfg: DataConfig, brand_id: str | None, stats: ImportStats, problems: list[Quarantined]):
+    """Fixed test files first (a pair in both stays in test), then train files."""
     seen: set[bytes] = set()
+    by_id: dict[str, dict[str, Any]] = {}
     out: dict[str, list[dict[str, Any]]] = {}
     for split, paths in (("test", cfg.test_inputs), ("train", cfg.inputs)):
         recs = []
         for item in import_files(
             [resolve_input(p) for p in paths], cfg.format, cfg.max_chars, stats, brand_id, seen=seen
         ):
-            (problems if isinstance(item, Quarantined) else recs).append(item)
+            if isinstance(item, Quarantined):
+                problems.append(item)
+                if item.record is not None and item.record["id"] in by_id:
+                    _merge_votes(by_id[item.record["id"]], item.record)
+            else:
+                recs.append(item)
+                by_id[item["id"]] = item
         out[split] = recs
     return out["train"], out["test"]
+
+
+def _merge_votes(kept: dict[str, Any], dup: dict[str, Any]) -> None:
+    """The same pair judged again: keep one record, with the union of annotators and reason tags."""
+    for key in ("annotators", "reason_tags"):
+        if dup.get(key):
+            kept[key] = sorted(set(kept.get(key) or []) | set(dup[key]))
 
 
 def _relabel_sources(records: list[dict[str, Any]], inputs: list[str]) -> None:
@@ -205,6 +220,7 @@ def _manifest(cfg: DataConfig, got: dict[str, Any], snapshot_id: str) -> dict[st
 
 def write_snapshot(cfg: DataConfig, got: dict[str, Any]) -> dict[str, Any]:
     """Write Parquet splits, quarantine and manifest atomically into ``cfg.out``."""
+    import pyarrow.parquet as pq
     from datasets import Dataset
 
     snapshot_id = content_id(got["splits"])
@@ -213,7 +229,9 @@ def write_snapshot(cfg: DataConfig, got: dict[str, Any]) -> dict[str, Any]:
     with atomic_dir(cfg.out) as tmp:
         for name, recs in got["splits"].items():
             rows = [{k: r.get(k) for k in FIELDS} for r in recs]
-            Dataset.from_list(rows, features=feats).to_parquet(str(tmp / f"{name}.parquet"))
+            # pyarrow directly (the table carries the datasets Features in its schema metadata):
+            # same file as Dataset.to_parquet, without a progress bar per split.
+            pq.write_table(Dataset.from_list(rows, features=feats).data.table, tmp / f"{name}.parquet")
         with open(tmp / "quarantine.jsonl", "w", encoding="utf-8") as f:
             for q in got["problems"]:
                 f.write(quarantine_line(q))

@@ -33,6 +33,9 @@ class Quarantined:
     field: str
     message: str
     raw: str = ""
+    # For reason "duplicate": the duplicate canonical record (its annotators/tags can be merged
+    # into the kept one, so a second annotator's vote is not lost).
+    record: dict[str, Any] | None = field(default=None, repr=False, compare=False)
 
     def __str__(self) -> str:
         where = f" {self.field}:" if self.field else ""
@@ -260,7 +263,8 @@ def import_files(
                     "duplicate",
                     "",
                     f"same content as an earlier record ({item['id'][:12]})",
-                    "",
+                    item["id"],
+                    record=item,
                 )
                 continue
             seen.add(key)
@@ -269,5 +273,6 @@ def import_files(
 
 def quarantine_line(q: Quarantined) -> str:
     d = asdict(q)
+    d.pop("record", None)
     d["reason_text"] = REASONS.get(q.reason, "")
     return json.dumps(d, ensure_ascii=False) + "\n"

@@ -1,0 +1,194 @@
+"""``onbrand data import|validate|snapshot|report``.
+
+- ``import FILE... [--format auto|trl|standard|hh-rlhf|ultrafeedback|csv|canonical] --out DIR``:
+  stream files into ``DIR/records.jsonl`` (canonical, deduplicated), ``DIR/quarantine.jsonl`` (every
+  bad row with file, line, field, reason) and ``DIR/import_summary.json``; prints the counts. Exit 1
+  when nothing valid remains, or with ``--strict`` when any row was quarantined.
+- ``validate FILE...``: the same checks, writes nothing (prints every problem).
+- ``snapshot [--config C] [key=value ...]``: import + dedup + tokenizer checks + split -> snapshot.
+- ``report [--config C] [--snapshot DIR] [--out DIR]``: data quality report (Markdown, JSON, PNG).
+
+Without FILE arguments, ``import``/``validate`` read the config's ``test_inputs`` and ``inputs``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+DEFAULT_CONFIG = "configs/data/demo.yaml"
+SHOW_PROBLEMS = 20
+
+
+def _cfg(args):
+    from onbrand.config import load_config
+    from onbrand.data.config import DataConfig
+
+    path = (
+        args.config if (args.config and Path(args.config).exists()) or args.config != DEFAULT_CONFIG else None
+    )
+    return load_config(DataConfig, path, getattr(args, "overrides", None) or [])
+
+
+def _files(args, cfg) -> list[str]:
+    return list(args.files) or [*cfg.test_inputs, *cfg.inputs]
+
+
+def _brand_id(args, cfg) -> str | None:
+    from onbrand.data.brand import load_brand
+    from onbrand.data.snapshot import resolve_input
+
+    path = args.brand or cfg.brand
+    return load_brand(resolve_input(path)).id if path else None
+
+
+def _run_import(args, write: bool) -> int:
+    from tqdm import tqdm
+
+    from onbrand.data.records import to_json_line
+    from onbrand.data.snapshot import resolve_input
+    from onbrand.data.validate import ImportStats, Quarantined, import_files, quarantine_line
+    from onbrand.runs import atomic_write_json
+
+    cfg = _cfg(args)
+    files = _files(args, cfg)
+    if not files:
+        raise ValueError("no input files: pass FILE... or set inputs in the data config")
+    fmt = args.format or cfg.format
+    stats = ImportStats()
+    out = Path(args.out) if write else None
+    shown = 0
+    with _Sinks(out) as (rec_f, q_f):
+        items = import_files(
+            [resolve_input(f) for f in files],
+            fmt,
+            args.max_chars or cfg.max_chars,
+            stats,
+            _brand_id(args, cfg),
+        )
+        for item in tqdm(items, desc="import", unit="row", disable=None, mininterval=1.0):
+            if isinstance(item, Quarantined):
+                if q_f:
+                    q_f.write(quarantine_line(item))
+                if shown < SHOW_PROBLEMS or not write:
+                    print(f"quarantined {item}", file=sys.stderr)
+                shown += 1
+            elif rec_f:
+                rec_f.write(to_json_line(item))
+    if shown > SHOW_PROBLEMS and write:
+        print(f"... {shown - SHOW_PROBLEMS} more in {out / 'quarantine.jsonl'}", file=sys.stderr)
+    summary = stats.as_dict()
+    print(stats.summary())
+    if out is not None:
+        atomic_write_json(out / "import_summary.json", {"files": files, "format": fmt, **summary})
+        print(f"wrote {out / 'records.jsonl'} ({stats.accepted} records), {out / 'quarantine.jsonl'}")
+    if stats.accepted == 0:
+        print("onbrand: error: no valid pairs remain", file=sys.stderr)
+        return 1
+    if args.strict and summary["quarantined"]:
+        print(f"onbrand: --strict: {summary['quarantined']} rows quarantined", file=sys.stderr)
+        return 1
+    return 0
+
+
+class _Sinks:
+    """records.jsonl + quarantine.jsonl written to temp files, renamed into place on success."""
+
+    def __init__(self, out: Path | None):
+        self.out = out
+        self.files: list[tuple[str, object, Path]] = []
+
+    def __enter__(self):
+        if self.out is None:
+            return None, None
+        self.out.mkdir(parents=True, exist_ok=True)
+        for name in ("records.jsonl", "quarantine.jsonl"):
+            fd, tmp = tempfile.mkstemp(dir=self.out, prefix=f".{name}.", suffix=".tmp")
+            self.files.append((name, os.fdopen(fd, "w", encoding="utf-8"), Path(tmp)))
+        return self.files[0][1], self.files[1][1]
+
+    def __exit__(self, exc_type, exc, tb):
+        for name, f, tmp in self.files:
+            f.close()
+            if exc_type is None:
+                os.chmod(tmp, 0o644)
+                os.replace(tmp, self.out / name)
+            else:
+                tmp.unlink(missing_ok=True)
+        return False
+
+
+def cmd_import(args) -> int:
+    return _run_import(args, write=True)
+
+
+def cmd_validate(args) -> int:
+    return _run_import(args, write=False)
+
+
+def cmd_snapshot(args) -> int:
+    from onbrand.data.snapshot import build_snapshot
+
+    cfg = _cfg(args)
+    m = build_snapshot(cfg)
+    counts = ", ".join(f"{k} {v['pairs']}" for k, v in m["counts"].items())
+    print(f"snapshot {m['snapshot_id']} -> {cfg.out} ({counts})")
+    if m["quarantined_by_reason"]:
+        print(
+            "not in the snapshot: "
+            + json.dumps(m["quarantined_by_reason"])
+            + f" (see {cfg.out}/quarantine.jsonl)"
+        )
+    if cfg.strict and m["quarantined_by_reason"]:
+        return 1
+    return 0
+
+
+def cmd_report(args) -> int:
+    from onbrand.data.report import main as report_main
+
+    argv = ["--config", args.config]
+    if args.snapshot:
+        argv += ["--snapshot", args.snapshot]
+    if args.out:
+        argv += ["--out", args.out]
+    return report_main(argv + list(args.overrides or []))
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", default=DEFAULT_CONFIG, help=f"data config YAML (default {DEFAULT_CONFIG})")
+
+
+def register(sub) -> None:
+    p = sub.add_parser("data", help="import, validate, snapshot and report preference data")
+    dsub = p.add_subparsers(dest="data_cmd", required=True)
+    for name, func, help_ in (
+        ("import", cmd_import, "stream files into canonical records + quarantine"),
+        ("validate", cmd_validate, "check files and print every problem; writes nothing"),
+    ):
+        q = dsub.add_parser(name, help=help_)
+        q.add_argument("files", nargs="*", help="input files (default: the config's inputs)")
+        q.add_argument(
+            "--format", choices=("auto", "canonical", "trl", "standard", "hh-rlhf", "ultrafeedback", "csv")
+        )
+        q.add_argument("--brand", help="brand card YAML; fills records without a brand")
+        q.add_argument("--max-chars", type=int, help="per-row size cap (characters)")
+        q.add_argument("--strict", action="store_true", help="exit 1 when any row is quarantined")
+        if name == "import":
+            q.add_argument("--out", default="runs/demo/imported", help="output dir")
+        _common(q)
+        q.set_defaults(func=func)
+    s = dsub.add_parser("snapshot", help="write a versioned Parquet snapshot + manifest")
+    _common(s)
+    s.add_argument("overrides", nargs="*", help="key=value config overrides")
+    s.set_defaults(func=cmd_snapshot)
+    r = dsub.add_parser("report", help="data quality report of a snapshot")
+    _common(r)
+    r.add_argument("--snapshot", help="snapshot dir (default: the config's out)")
+    r.add_argument("--out", help="report dir (default: <snapshot>/report)")
+    r.add_argument("overrides", nargs="*", help="key=value config overrides")
+    r.set_defaults(func=cmd_report)
