@@ -1,0 +1,200 @@
+"""Benchmark generation: vLLM (CPU) vs transformers ``generate`` on the embedded model.
+
+Side by side in one run, same 64 prompts, same settings (greedy, 64 new tokens), through the
+engines ``onbrand eval`` uses (``onbrand.eval.engines``), for two workloads: base requests and LoRA
+requests (a seeded random rank-16 adapter on all projections). Each engine runs in its own process
+(start time and peak RSS of that process tree, vLLM's worker processes included). Throughput:
+generated tokens / wall time, median of ``--repeats`` after one warm-up call. Parity: how many
+greedy outputs are token-identical between the two engines.
+
+    python scripts/bench_generate.py                 # about 5-8 min on 2 cores
+    python scripts/bench_generate.py --prompts 8 --new-tokens 16 --repeats 1 --no-write   # smoke
+
+Writes ``bench/results/generate.json`` and ``bench/results/generate.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+REPO = Path(__file__).resolve().parent.parent
+RESULTS = REPO / "bench" / "results"
+MODEL = "embedded:smollm2-135m-instruct"
+TOPICS = ["the Dawn sunrise lamp", "a late delivery", "smart bulbs", "a bedtime routine", "the Aurora app",
+          "a warranty question", "jet lag", "reading lights"]  # fmt: skip
+ASKS = ["Explain {} in two sentences.", "Write a short, friendly reply about {}.", "List three facts about {}.",
+        "A customer asks about {}. Answer briefly.", "Write a social post about {}.", "What should I know about {}?",
+        "Summarise {} for a busy person.", "Give one tip about {}."]  # fmt: skip
+
+
+def prompts(n: int) -> list[list[dict[str, str]]]:
+    system = {"role": "system", "content": "You are the assistant of Aurora Home. Be warm, precise and calm."}
+    items = [a.format(t) for t in TOPICS for a in ASKS]
+    return [[system, {"role": "user", "content": items[i % len(items)]}] for i in range(n)]
+
+
+def make_lora(out: Path, rank: int = 16) -> Path:
+    import torch
+    from peft import LoraConfig, get_peft_model
+
+    from onbrand.models import load_model
+
+    model = get_peft_model(load_model(MODEL), LoraConfig(r=rank, lora_alpha=rank, target_modules=[
+        "q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]))  # fmt: skip
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0.0, 0.02)
+    model.save_pretrained(out)
+    return out
+
+
+class PeakRSS:
+    """Samples the resident set of this process and all its children every 50 ms."""
+
+    def __init__(self):
+        import psutil
+
+        self.proc, self.peak, self._stop = psutil.Process(), 0, threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self):
+        import psutil
+
+        while not self._stop.is_set():
+            total = 0
+            for p in [self.proc] + self.proc.children(recursive=True):
+                try:
+                    total += p.memory_info().rss
+                except psutil.Error:
+                    pass
+            self.peak = max(self.peak, total)
+            time.sleep(0.05)
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self.thread.join()
+
+
+def worker(args) -> dict:
+    import torch
+
+    from onbrand.eval.engines import Request, Sampling, get_engine
+
+    torch.set_num_threads(args.threads)
+    chats = prompts(args.prompts)
+    sampling = Sampling(max_new_tokens=args.new_tokens)
+    with PeakRSS() as rss:
+        t0 = time.perf_counter()
+        engine = get_engine(args.worker, MODEL, {"lora": args.lora}, kv_cache_gib=2, max_model_len=1024,
+                            batch_size=args.batch_size, max_num_seqs=64)  # fmt: skip
+        start_s = time.perf_counter() - t0
+        out = {"engine": args.worker, "start_s": start_s, "workloads": {}}
+        for name, adapter in (("base", None), ("lora", "lora")):
+            reqs = [Request(c, adapter=adapter) for c in chats]
+            engine.generate(reqs[: min(4, len(reqs))], sampling)  # warm-up
+            times, gens = [], None
+            for _ in range(args.repeats):
+                t = time.perf_counter()
+                gens = engine.generate(reqs, sampling)
+                times.append(time.perf_counter() - t)
+            tokens = sum(g.n_tokens for g in gens)
+            out["workloads"][name] = {
+                "seconds": times,
+                "median_s": statistics.median(times),
+                "tokens": tokens,
+                "tok_per_s": tokens / statistics.median(times),
+                "token_ids": [g.token_ids[0] for g in gens],
+            }
+        engine.close()
+    out["peak_rss_gib"] = rss.peak / 2**30
+    return out
+
+
+def table(res: dict) -> str:
+    hf, vl = res["engines"]["hf"], res["engines"]["vllm"]
+    lines = ["| Workload | transformers tok/s | vLLM tok/s | vLLM / transformers | greedy outputs identical |",
+             "|---|---|---|---|---|"]  # fmt: skip
+    for w in ("base", "lora"):
+        a, b = hf["workloads"][w], vl["workloads"][w]
+        same = sum(x == y for x, y in zip(a["token_ids"], b["token_ids"]))
+        lines.append(f"| {w} requests | {a['tok_per_s']:.1f} | {b['tok_per_s']:.1f} | "
+                     f"**{b['tok_per_s'] / a['tok_per_s']:.2f}×** | {same}/{len(a['token_ids'])} |")  # fmt: skip
+    lines += ["", "| Engine | start (s) | peak RSS (GiB, process tree) |", "|---|---|---|"]
+    for name, label in (("hf", "transformers"), ("vllm", "vLLM (fp32, enforce_eager)")):
+        e = res["engines"][name]
+        lines.append(f"| {label} | {e['start_s']:.1f} | {e['peak_rss_gib']:.2f} |")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--prompts", type=int, default=64)
+    p.add_argument("--new-tokens", type=int, default=64)
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    p.add_argument("--batch-size", type=int, default=16, help="transformers batch size")
+    p.add_argument("--no-write", action="store_true")
+    p.add_argument("--worker", choices=["hf", "vllm"], help=argparse.SUPPRESS)
+    p.add_argument("--lora", help=argparse.SUPPRESS)
+    p.add_argument("--result", help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.worker:
+        Path(args.result).write_text(json.dumps(worker(args)))
+        return 0
+    import torch
+
+    cmd = (
+        "python scripts/bench_generate.py"
+        + (" " + " ".join(argv if argv is not None else sys.argv[1:])).rstrip()
+    )
+    res = {"name": "generate", "command": cmd, "model": MODEL, "settings": {
+        "prompts": args.prompts, "new_tokens": args.new_tokens, "greedy": True, "repeats": args.repeats,
+        "threads": args.threads, "hf_batch_size": args.batch_size},
+        "machine": {"platform": platform.platform(), "cpu_count": os.cpu_count(), "torch": torch.__version__},
+        "engines": {}}  # fmt: skip
+    with tempfile.TemporaryDirectory() as tmp:
+        lora = make_lora(Path(tmp) / "lora")
+        for engine in ("hf", "vllm"):
+            out = Path(tmp) / f"{engine}.json"
+            sub = [sys.executable, __file__, "--worker", engine, "--lora", str(lora), "--result", str(out),
+                   "--prompts", str(args.prompts), "--new-tokens", str(args.new_tokens), "--repeats",
+                   str(args.repeats), "--threads", str(args.threads), "--batch-size", str(args.batch_size)]  # fmt: skip
+            print(f"[bench] {engine} ...", file=sys.stderr, flush=True)
+            subprocess.run(sub, check=True)
+            res["engines"][engine] = json.loads(out.read_text())
+    md = ("## Generation: vLLM vs transformers (embedded 135M model, CPU)\n\n"
+          f"```\n{cmd}\n```\n\n{args.prompts} prompts, greedy, {args.new_tokens} new tokens, fp32, "
+          f"{args.threads} threads, median of {args.repeats} repeats; LoRA = one random rank-16 adapter "
+          f"on all projections, served as LoRA requests (vLLM) / an unmerged PEFT adapter (transformers). "
+          f"Machine: {platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}.\n\n{table(res)}\n")  # fmt: skip
+    print(md)
+    if not args.no_write:
+        RESULTS.mkdir(parents=True, exist_ok=True)
+        from onbrand.runs import atomic_write_json, atomic_write_text
+
+        atomic_write_json(RESULTS / "generate.json", res)
+        atomic_write_text(RESULTS / "generate.md", md)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
