@@ -93,9 +93,9 @@ def render_pair(
     chosen = ch["leads"][rng.randrange(len(ch["leads"]))] + a + ch["tails"][rng.randrange(len(ch["tails"]))]
     chosen = _cap(chosen)
     pick = {name: vals[rng.randrange(len(vals))] for name, vals in fillers.items()}
-    for key in ("blame", "cure", "benefit", "bash", "promise_item", "pitch"):
-        if key in item:
-            pick[key] = _cap(item[key][rng.randrange(len(item[key]))].format(**slots))
+    for key, vals in item.items():  # item-level slots for rejected styles (blame, cure, bash, ...)
+        if key not in ("q", "a", "p", "c") and isinstance(vals, list):
+            pick[key] = _cap(vals[rng.randrange(len(vals))].format(**slots))
     if "fix" in ch:
         pick["fix"] = ch["fix"][rng.randrange(len(ch["fix"]))]
     values = {**slots, **pick, "a": a, "a_cap": _cap(a), "a_first": _cap(_first_sentence(a)), "a_short": a}

@@ -1,0 +1,129 @@
+"""Brand card: schema validation, the system prompt, rule checks and the shipped cards/data."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from onbrand.config import ConfigError
+from onbrand.data.brand import RULE_KINDS, load_brand
+
+REPO = Path(__file__).resolve().parents[2]
+AURORA = REPO / "configs" / "brands" / "aurora.yaml"
+
+
+@pytest.fixture(scope="module")
+def card():
+    return load_brand(AURORA)
+
+
+def test_system_prompt_is_deterministic_and_carries_the_card(card):
+    sp = card.system_prompt()
+    assert sp == load_brand(AURORA).system_prompt()
+    assert sp.startswith("You are the assistant of Aurora Home.")
+    for words in ("warm, precise", "Never:", "Always:", "Criticise competitors"):
+        assert words in sp
+    assert "SmolLM" not in sp
+
+
+@pytest.mark.parametrize(
+    "text, channel, rule, kind",
+    [
+        ("This lamp is a GAME changer for your bedroom.", "product_question", "shouting", "banned_phrase"),
+        ("Love it! So good! Wow.", "social_post", "exclamation_spam", "banned_phrase"),
+        (
+            "Results are 100% guaranteed for every customer here.",
+            "guarantee_request",
+            "guarantee",
+            "banned_claim",
+        ),
+        (
+            "The Dawn lamp cures insomnia within a week of use.",
+            "health_claim",
+            "medical_claim",
+            "banned_claim",
+        ),
+        (
+            "Lumina lamps are overpriced junk, honestly, buy ours.",
+            "competitor_request",
+            "competitor_bashing",
+            "banned_claim",
+        ),
+        (
+            "Our lamp helps with insomnia and makes mornings calm.",
+            "health_claim",
+            "health_disclaimer",
+            "required_element",
+        ),
+        (
+            "Reply with your order number and we will send a replacement.",
+            "complaint_reply",
+            "complaint_apology",
+            "required_element",
+        ),
+        (
+            "Meet the new Dawn lamp with its soft sunrise for gentle mornings",
+            "email_subject",
+            "email_subject_chars",
+            "length_limit",
+        ),
+    ],
+)
+def test_check_detects_each_rule_kind(card, text, channel, rule, kind):
+    checks = {c.rule_id: c for c in card.check(text, channel)}
+    assert rule in checks, sorted(checks)
+    assert checks[rule].kind == kind and kind in RULE_KINDS
+    assert not checks[rule].passed and checks[rule].detail
+    assert 0.0 <= card.compliance_score(text, channel) < 1.0
+
+
+def test_on_brand_text_passes_everything(card):
+    text = (
+        "I'm sorry your Halo light stopped pairing. Please reply with your order number and we will "
+        "send you a replacement today."
+    )
+    checks = card.check(text, "complaint_reply")
+    assert checks and all(c.passed for c in checks)
+    assert card.compliance_score(text, "complaint_reply") == 1.0
+    # The health disclaimer applies in any channel once its trigger matches.
+    assert any(c.rule_id == "health_disclaimer" for c in card.check("Fall asleep faster with it.", None))
+    assert card.banned_hits(text, "complaint_reply") == []
+
+
+def test_channel_rules_need_a_channel_and_unknown_channel_is_an_error(card):
+    checks = card.check("Reply with your order number.")
+    assert "complaint_apology" not in {c.rule_id for c in checks}
+    assert not any(c.kind == "length_limit" for c in checks)
+    with pytest.raises(ValueError, match="unknown channel 'fax'"):
+        card.check("hello", "fax")
+
+
+@pytest.mark.parametrize(
+    "body, needle",
+    [
+        ("banned:\n  - id: x\n    pattern: '(unclosed'\n    reason: r\n", "invalid regex"),
+        ("banned:\n  - id: x\n    pattern: a\n    reason: r\n    channels: [fax]\n", "unknown channel"),
+        (
+            "exemplars:\n  - channel: c\n    text: WE GUARANTEE IT\n"
+            "banned:\n  - id: caps\n    pattern: '[A-Z]{4,}'\n    ignore_case: false\n    reason: r\n",
+            "breaks the card's own rules",
+        ),
+        ("required:\n  - id: r1\n    pattern: x\n    reason: r\n", "set channels, when, or both"),
+        ("colour: blue\n", "unknown key"),
+    ],
+)
+def test_bad_cards_fail_with_file_and_reason(tmp_path, body, needle):
+    path = tmp_path / "bad.yaml"
+    path.write_text("id: b\nname: B\ndescription: d\nchannels:\n  c: {max_words: 5}\n" + body)
+    with pytest.raises(ConfigError) as e:
+        load_brand(path)
+    assert needle in str(e.value) and str(path) in str(e.value)
+
+
+def test_every_shipped_card_loads():
+    cards = sorted((REPO / "configs" / "brands").glob("*.yaml"))
+    assert len(cards) >= 2
+    for path in cards:
+        c = load_brand(path)
+        assert c.system_prompt() and c.channels and c.banned
