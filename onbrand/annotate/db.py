@@ -11,7 +11,7 @@ Tables::
     annotators   project, name, token_hash               (tokens are stored as sha256 only)
     tasks        project, prompt (messages), candidate_a, candidate_b, channel, source, content_hash
     assignments  task, annotator, left ('a'|'b': which candidate is shown on the left), position
-    judgements   assignment (unique), submission_id (unique: idempotent retries), choice, tags, rewrite
+    judgements   assignment (unique), submission_id (unique per annotator: idempotent retries), choice, ...
 """
 
 from __future__ import annotations
@@ -121,9 +121,11 @@ class Assignment(Base):
 
 class Judgement(Base):
     __tablename__ = "judgements"
+    # A submission id is the client's idempotency key: unique per annotator (clients choose it).
+    __table_args__ = (UniqueConstraint("annotator_id", "submission_id"),)
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     assignment_id: Mapped[int] = mapped_column(ForeignKey("assignments.id"), unique=True)
-    submission_id: Mapped[str] = mapped_column(String(64), unique=True)
+    submission_id: Mapped[str] = mapped_column(String(64))
     task_id: Mapped[int] = mapped_column(ForeignKey("tasks.id"), index=True)
     annotator_id: Mapped[int] = mapped_column(ForeignKey("annotators.id"), index=True)
     left: Mapped[str] = mapped_column(String(1))  # copy of the order shown, for the record

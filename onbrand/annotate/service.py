@@ -311,9 +311,18 @@ def submit(
         # A concurrent retry of the same item won the race: answer like a retry.
         s.rollback()
         existing = s.scalar(select(Judgement).where(Judgement.assignment_id == asg.id))
-        if existing is None:
-            raise
-        return _replay(existing, submission_id, screen_choice, tags, rewrite)
+        if existing is not None:
+            return _replay(existing, submission_id, screen_choice, tags, rewrite)
+        used = s.scalar(
+            select(Judgement).where(
+                Judgement.annotator_id == ann.id, Judgement.submission_id == submission_id
+            )
+        )
+        if used is not None:
+            raise Conflict(
+                f"submission_id {submission_id!r} was already used for item {used.assignment_id}"
+            ) from None
+        raise
     return j, True
 
 

@@ -118,6 +118,44 @@ def test_retried_post_is_one_judgement(env):
     assert c.get("/api/next", headers=h).json()["assignment_id"] != item["assignment_id"]
 
 
+def test_concurrent_retries_make_one_judgement(env):
+    """Eight simultaneous POSTs of one answer (lost-ack retries racing): one judgement, one id."""
+    import threading
+
+    asg = _items(env, "alice")[0]
+    out, barrier = [], threading.Barrier(8)
+
+    def post(k):
+        with env.sessions() as s:
+            ann = service.annotator_for_token(s, env.tokens["alice"])
+            barrier.wait()
+            j, created = service.submit(s, ann, asg.id, "right", ["tone"], None, f"race-{k:04d}")
+            out.append((j.id, created))
+
+    threads = [threading.Thread(target=post, args=(k,)) for k in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(out) == 8 and len({jid for jid, _ in out}) == 1
+    assert sum(created for _, created in out) == 1 and _count(env) == 1
+    # A submission id reused for another item is refused, not silently merged.
+    other = _items(env, "alice")[1]
+    with env.sessions() as s:
+        stored = s.scalar(select(Judgement.submission_id))  # the id of whichever POST won
+    body = {"assignment_id": other.id, "choice": "left", "submission_id": stored}
+    r = env.client.post("/api/judgements", json=body, headers=env.auth("alice"))
+    assert r.status_code == 409 and "already used" in r.json()["detail"]
+    # The same id chosen by another annotator is theirs to use (ids are per annotator).
+    bobs = _only_theirs(env, "alice", "bob")
+    r = env.client.post(
+        "/api/judgements",
+        json={"assignment_id": bobs.id, "choice": "left", "submission_id": stored},
+        headers=env.auth("bob"),
+    )
+    assert r.status_code == 200 and r.json()["created"]
+
+
 def test_form_post_retry_and_order_recorded(env):
     c = env.client
     c.cookies.set("onbrand_token", env.tokens["bob"])
