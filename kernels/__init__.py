@@ -7,6 +7,8 @@ Public API (signatures are stable; see docs/architecture.md):
 * :func:`fused_linear_cross_entropy` -- mean NLL for SFT on the same machinery.
 * :func:`onbrand.kernels.losses.preference_loss` -- sigmoid / ipo / hinge / robust / sigmoid_norm /
   simpo / orpo (+ NLL weight, RPO) with TRL 1.x semantics.
+* :func:`fused_linear_preference_loss` -- hidden states + head -> the same preference loss in ONE pass
+  (3 GEMMs even with a trainable head; :mod:`onbrand.kernels.fused_preference`).
 
 The path is picked by device: Triton kernels for CUDA tensors (when ``triton`` imports), the
 chunked PyTorch path (:mod:`onbrand.kernels.chunked`) everywhere else.
@@ -187,4 +189,12 @@ def fused_linear_cross_entropy(
     return total / (targets != ignore_index).sum().clamp(min=1)
 
 
-__all__ = ["LogprobStats", "fused_linear_cross_entropy", "fused_linear_logprobs", "BACKENDS"]
+from onbrand.kernels.fused_preference import fused_linear_preference_loss  # noqa: E402
+
+__all__ = [
+    "BACKENDS",
+    "LogprobStats",
+    "fused_linear_cross_entropy",
+    "fused_linear_logprobs",
+    "fused_linear_preference_loss",
+]

@@ -6,7 +6,8 @@ Side by side in one run, for each shape and head mode (frozen = LoRA, trainable)
 (b) TRL 1.x's own chunked log-prob path (``trl.kernels.ChunkedLogProbFunction``, what its fused
     LM head calls);
 (c) Liger-Kernel's ``LigerFusedLinearDPOLoss`` (torch.compile'd chunked loss; runs on CPU);
-(d) ours: ``onbrand.kernels.fused_linear_logprobs`` + ``onbrand.kernels.losses.preference_loss``.
+(d) ours: ``onbrand.kernels.fused_linear_logprobs`` + ``onbrand.kernels.losses.preference_loss``;
+(e) ours-fused: ``onbrand.kernels.fused_linear_preference_loss`` (one pass, also with a trainable head).
 
 All rows are completion tokens, reference log-probs are 0 (Liger's ``use_ref_model=False``), beta
 0.1. Time: median of ``--repeats`` interleaved repeats after one warm-up (Liger compiles there).
@@ -45,7 +46,8 @@ SHAPES = {
     "4x1024": (4, 1024, 576, 49152),
     "large-vocab-4x64": (4, 64, 4096, 128256),
 }
-VARIANTS = ("naive", "trl", "liger", "ours")
+VARIANTS = ("naive", "trl", "liger", "ours", "ours-fused")
+OURS = ("ours", "ours-fused")
 MODES = ("frozen", "trainable")
 BETA = 0.1
 
@@ -103,6 +105,16 @@ def make_variant(name: str):
 
         def fn(hidden, weight, targets):
             return dpo_from_token_logps(fused_linear_logprobs(hidden, weight, targets))
+
+    elif name == "ours-fused":
+        from onbrand.kernels import fused_linear_preference_loss
+
+        def fn(hidden, weight, targets):
+            half = hidden.shape[0] // 2
+            zeros = torch.zeros(half)
+            return fused_linear_preference_loss(
+                hidden, weight, targets, ref_chosen_logps=zeros, ref_rejected_logps=zeros, beta=BETA
+            ).loss
 
     else:
         raise ValueError(f"unknown variant {name!r}; valid: {VARIANTS}")
@@ -261,7 +273,7 @@ def markdown(results: dict, targets: list[dict], command: str, meta: dict) -> st
         lines.append("|---|---|---|---:|---:|---|")
         for x in targets:
             lines.append(
-                f"| {x['mode']} | {x['metric']} | {x['versus']} | {x['ratio']:.3f} | ≤ {x['limit']} | "
+                f"| {x['ours']} | {x['mode']} | {x['metric']} | {x['versus']} | {x['ratio']:.3f} | ≤ {x['limit']} | "
                 f"{'yes' if x['met'] else 'NO'} |"
             )
     return "\n".join(lines) + "\n"
