@@ -84,12 +84,14 @@ def convert_row(obj: Any, fmt: str, source: dict[str, Any], max_chars: int) -> t
     if not isinstance(obj, dict):
         raise RecordError("not_object", "", f"expected a JSON object, got {type(obj).__name__}")
     name = detect_format(obj) if fmt == "auto" else fmt
+    if name is None and all(k in obj for k in ("prompt", "chosen", "rejected")):
+        name = "trl"  # the canonical shape with wrong-typed values: let validation name the field
     if name is None:
         keys = ", ".join(sorted(map(str, obj))[:8]) or "no keys"
-        missing = [k for k in ("prompt", "chosen", "rejected") if k not in obj]
-        if missing and ("chosen" not in obj or "rejected" not in obj):
-            raise RecordError("missing_field", missing[0], f"is required (row has: {keys})")
-        nulls = [k for k in ("prompt", "chosen", "rejected") if k in obj and obj[k] is None]
+        if "chosen" not in obj or "rejected" not in obj:
+            missing = next(k for k in ("prompt", "chosen", "rejected") if k not in obj)
+            raise RecordError("missing_field", missing, f"is required (row has: {keys})")
+        nulls = [k for k in ("chosen", "rejected") if obj[k] is None]
         if nulls:
             raise RecordError("null_field", nulls[0], "is null")
         raise RecordError("unknown_format", "", f"row matches no supported format (keys: {keys})")
