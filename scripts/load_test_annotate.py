@@ -261,7 +261,7 @@ def main(argv: list[str] | None = None) -> int:
         "sqlalchemy": _version("sqlalchemy"),
         "uvicorn": _version("uvicorn"),
     }
-    result["config"] = vars(args)
+    result["config"] = {k: _rel(v) for k, v in vars(args).items()}
     ok = verdict(result)
     result["ok"] = ok
     write_results(result, Path(args.out))
@@ -344,6 +344,13 @@ def verdict(r: dict) -> bool:
         and not p2["errors"]
         and p1["submissions"] >= r["config"]["submissions"]
     )
+
+
+def _rel(value):
+    """Paths inside the repository are recorded relative to it (results are shared)."""
+    if isinstance(value, str) and value.startswith(str(REPO) + os.sep):
+        return os.path.relpath(value, REPO)
+    return value
 
 
 def _version(name: str) -> str | None:
