@@ -38,6 +38,7 @@ class EvalConfig:
     brand: str | None = None  # brand card YAML: system prompt + rules + exemplars
     reward: str | None = None  # reward run dir (onbrand.training.reward.RewardScorer)
     out_dir: str = "runs/eval"
+    gate: str | None = None  # gate thresholds YAML (configs/eval/gates.yaml); result in report["gate"]
     engine: Literal["auto", "vllm", "hf"] = "auto"
     sampling: Sampling = field(default_factory=Sampling)
     max_prompts: int = 64  # 0 = all prompts of the split

@@ -125,6 +125,28 @@ def headline(m: dict[str, Any], rows: list[dict[str, str]]) -> tuple[bool | None
     return better, f"**{text}** — " + "; ".join(parts) + "."
 
 
+def summary(rows: list[dict[str, str]]) -> dict[str, str]:
+    """Flat ``{metric: "base -> aligned (better)"}`` strings: the headline numbers at a glance."""
+    out = {}
+    for r in rows:
+        if r["base"] == "—":
+            out[r["metric"]] = f"{r['aligned']} ({r['better']})"
+        else:
+            out[r["metric"]] = f"{r['base']} -> {r['aligned']} ({r['better']})"
+    return out
+
+
+def _gate_md(gate: dict[str, Any]) -> list[str]:
+    status = "PASSED" if gate["passed"] else "FAILED"
+    out = ["", f"**Release gate `{gate['config']}`: {status}**", ""]
+    for c in gate["checks"]:
+        value = f"{c['value']:.4f}" if isinstance(c["value"], float) else c["value"]
+        out.append(
+            f"- {'✅' if c['passed'] else '❌'} `{c['name']}` = {html.escape(str(value))} ({html.escape(c['detail'])})"
+        )
+    return out
+
+
 def _md_table(rows: list[dict[str, str]]) -> str:
     lines = ["| Metric | Base | Aligned | Δ / detail | Better | Note |", "|---|---|---|---|---|---|"]
     for r in rows:
@@ -144,7 +166,11 @@ def build_report(
     better, line = headline(metrics, rows)
     md = f"{line}\n\n{_md_table(rows)}"
     return {
-        "verdict": {"aligned_better": better, "headline": line, "rows": rows, "markdown": md},
+        "verdict": line.replace("**", ""),  # one plain line, e.g. for the pipeline's final table
+        "aligned_better": better,
+        "summary": summary(rows),
+        "verdict_rows": rows,
+        "verdict_markdown": md,
         "metrics": metrics,
         "warnings": warnings,
         "inputs": {
@@ -188,16 +214,18 @@ def _samples_md(ps, chats, base_gen, al_gen, metrics, k: int) -> str:
 
 
 def render_markdown(report: dict[str, Any], plots: list[str], samples_md: str) -> str:
-    v, inp, m = report["verdict"], report["inputs"], report["metrics"]
+    inp, m = report["inputs"], report["metrics"]
     out = [
         "# Eval report: aligned vs base",
         "",
-        v["markdown"],
+        report["verdict_markdown"],
         "",
         f"Base `{inp['base_model']}` vs aligned `{inp['aligned']['path']}` ({inp['aligned']['kind']}), "
         f"{inp['n_prompts']} prompts from `{inp['prompts']}`, engine `{inp['engine']}`. "
         "Intervals are 95% bootstrap CIs over prompts.",
     ]
+    if report.get("gate"):
+        out += _gate_md(report["gate"])
     if report["warnings"]:
         out += ["", "**Warnings**", ""] + [f"- ⚠ {html.escape(w)}" for w in report["warnings"]]
     if m.get("skipped"):

@@ -240,22 +240,35 @@ def run_eval(cfg: EvalConfig, scorer=None, embedder=None) -> dict[str, Any]:
     report = build_report(
         cfg, aligned, ps, chats, base_gen, al_gen, metrics, warnings, engine_kind, to_dict(cfg)
     )
+    if cfg.gate:
+        report["gate"] = apply_gate(report, cfg.gate)
     write_report(Path(cfg.out_dir), report, ps, chats, base_gen, al_gen, cfg.samples_in_report)
     _log(f"report written to {cfg.out_dir}/report.md")
     return report
 
 
-def gate_report(report: dict[str, Any], gate_path: str) -> int:
-    """Print the gate checks; 0 when all pass, 1 otherwise."""
-    from onbrand.eval.gate import GateConfig, check_gate, format_checks
+def apply_gate(report: dict[str, Any], gate_path: str) -> dict[str, Any]:
+    """``{"config", "passed", "checks": [...]}`` for the thresholds in ``gate_path``."""
+    from onbrand.eval.gate import GateConfig, check_gate
 
-    gate = load_config(GateConfig, gate_path)
-    checks = check_gate(report, gate)
-    failed = [c for c in checks if not c.passed]
-    print(f"gate {gate_path}: {len(checks) - len(failed)}/{len(checks)} checks passed")
+    checks = check_gate(report, load_config(GateConfig, gate_path))
+    return {
+        "config": str(gate_path),
+        "passed": all(c.passed for c in checks),
+        "checks": [c.to_dict() for c in checks],
+    }
+
+
+def print_gate(gate: dict[str, Any]) -> int:
+    """Print the gate checks; 0 when all pass, 1 otherwise."""
+    from onbrand.eval.gate import GateCheck, format_checks
+
+    checks = [GateCheck(**c) for c in gate["checks"]]
+    failed = [c.name for c in checks if not c.passed]
+    print(f"gate {gate['config']}: {len(checks) - len(failed)}/{len(checks)} checks passed")
     print(format_checks(checks))
     if failed:
-        print(f"GATE FAILED: {', '.join(c.name for c in failed)}")
+        print(f"GATE FAILED: {', '.join(failed)}")
     return 1 if failed else 0
 
 
@@ -272,11 +285,13 @@ def handle(args: argparse.Namespace) -> int:
     if args.from_report:
         if not args.gate:
             raise ValueError("--from-report needs --gate")
-        return gate_report(json.loads(Path(args.from_report).read_text(encoding="utf-8")), args.gate)
-    cfg = load_config(EvalConfig, args.config, args.overrides)
-    report = run_eval(cfg)
-    print(report["verdict"]["markdown"])
-    return gate_report(report, args.gate) if args.gate else 0
+        return print_gate(
+            apply_gate(json.loads(Path(args.from_report).read_text(encoding="utf-8")), args.gate)
+        )
+    overrides = list(args.overrides) + ([f"gate={args.gate}"] if args.gate else [])
+    report = run_eval(load_config(EvalConfig, args.config, overrides))
+    print(report["verdict_markdown"])
+    return print_gate(report["gate"]) if report.get("gate") else 0
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -76,7 +76,8 @@ def report(tmp_path_factory, run_dir, prompts_file, repo_root):
     out = tmp_path_factory.mktemp("eval") / "report"
     cfg = load_config(EvalConfig, None, [f"aligned={run_dir}", f"prompts={prompts_file}", f"out_dir={out}",
                       f"brand={repo_root / 'configs/brands/aurora.yaml'}", "engine=hf", "sampling.max_new_tokens=12",
-                      "bootstrap=200", "ppl_max_tokens=300", "ppl_window=64"])  # fmt: skip
+                      "bootstrap=200", "ppl_max_tokens=300", "ppl_window=64",
+                      f"gate={repo_root / 'configs/eval/gates.yaml'}"])  # fmt: skip
     scorer = LengthScorer()
     rep = run_eval(cfg, scorer=scorer, embedder=HashEmbedder())
     assert scorer.calls == 2
@@ -94,7 +95,14 @@ def test_report_files_and_first_screen(report):
     assert any(line.startswith("| Reward-model win rate |") for line in md[:12])
     assert len((out / "samples.jsonl").read_text().splitlines()) == 4
     on_disk = json.loads((out / "report.json").read_text())
-    assert on_disk["verdict"]["headline"] == rep["verdict"]["headline"]
+    assert on_disk["verdict"] == rep["verdict"] and isinstance(rep["verdict"], str)
+    assert set(rep["summary"]) >= {
+        "Reward-model win rate",
+        "Length-controlled win rate",
+        "Perplexity, general text (lower = better)",
+    }
+    assert rep["gate"]["passed"] is False  # 4 prompts: the win-rate CI cannot clear 0.5
+    assert "Release gate" in "\n".join(md[:20])
 
 
 def test_report_metrics_consistent(report):
