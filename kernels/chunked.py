@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import torch
 
-DEFAULT_BUDGET_MB = 128.0
+DEFAULT_BUDGET_MB = 64.0
 
 
 def chunk_rows_for(vocab: int, dtype: torch.dtype, budget_mb: float, stats: bool = False) -> int:
