@@ -20,6 +20,7 @@ import argparse
 import hashlib
 import html
 import itertools
+import re
 import statistics
 from collections import Counter
 from pathlib import Path
@@ -38,7 +39,7 @@ def _text(messages: list[dict[str, str]]) -> str:
 
 
 def _shingles(text: str, n: int = 3) -> set[str]:
-    words = normalize_text(text).split()
+    words = re.findall(r"\w+", normalize_text(text))  # punctuation does not make a text new
     return {" ".join(words[i : i + n]) for i in range(max(1, len(words) - n + 1))}
 
 

@@ -220,18 +220,18 @@ def _manifest(cfg: DataConfig, got: dict[str, Any], snapshot_id: str) -> dict[st
 
 def write_snapshot(cfg: DataConfig, got: dict[str, Any]) -> dict[str, Any]:
     """Write Parquet splits, quarantine and manifest atomically into ``cfg.out``."""
+    import pyarrow as pa
     import pyarrow.parquet as pq
-    from datasets import Dataset
 
     snapshot_id = content_id(got["splits"])
     manifest = _manifest(cfg, got, snapshot_id)
-    feats = features()
+    schema = features().arrow_schema
     with atomic_dir(cfg.out) as tmp:
         for name, recs in got["splits"].items():
             rows = [{k: r.get(k) for k in FIELDS} for r in recs]
-            # pyarrow directly (the table carries the datasets Features in its schema metadata):
-            # same file as Dataset.to_parquet, without a progress bar per split.
-            pq.write_table(Dataset.from_list(rows, features=feats).data.table, tmp / f"{name}.parquet")
+            # pyarrow directly, with the datasets Features in the schema metadata (what
+            # Dataset.to_parquet writes), also for an empty split, and without progress bars.
+            pq.write_table(pa.Table.from_pylist(rows, schema=schema), tmp / f"{name}.parquet")
         with open(tmp / "quarantine.jsonl", "w", encoding="utf-8") as f:
             for q in got["problems"]:
                 f.write(quarantine_line(q))

@@ -1,0 +1,127 @@
+"""Quality report: length bias and the Goodhart flag, banned hits in chosen, near-duplicates,
+agreement (kappa against scikit-learn, alpha against Krippendorff's published example), files."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from onbrand.cli import main
+from onbrand.data.brand import load_brand
+from onbrand.data.records import canonicalize
+from onbrand.data.report import annotator_votes, banned_in_chosen, length_bias, near_duplicate_rate
+
+REPO = Path(__file__).resolve().parents[2]
+CARD = REPO / "configs" / "brands" / "aurora.yaml"
+
+
+def _rec(prompt, chosen, rejected, **kw):
+    return canonicalize({"prompt": prompt, "chosen": chosen, "rejected": rejected, **kw})
+
+
+def test_length_bias_share_ratio_and_goodhart_flag():
+    recs = [
+        _rec(
+            f"q{i}", "a much longer chosen answer" if i < 7 else "short", "brief" if i < 7 else "a longer one"
+        )
+        for i in range(10)
+    ]
+    lb = length_bias(recs)
+    assert lb["chosen_longer_share_chars"] == 0.7 and lb["goodhart_warning"] is True
+    toks = {r["id"]: [10, 5, 9] for r in recs}  # by tokens chosen is never longer
+    lb = length_bias(recs, toks)
+    assert lb["chosen_longer_share_tokens"] == 0.0 and lb["goodhart_warning"] is False
+    assert lb["median_length_ratio_tokens"] == pytest.approx(5 / 9, abs=1e-4)
+
+
+def test_banned_hits_in_chosen_are_counted():
+    card = load_brand(CARD)
+    recs = [
+        _rec("Is it good?", "It is 100% guaranteed.", "Fine.", channel="product_question"),
+        _rec("And Halo?", "It dims to one percent at night.", "BEST EVER!!", channel="product_question"),
+    ]
+    b = banned_in_chosen(recs, card)
+    assert b["hits"] == 1 and b["by_rule"] == {"guarantee": 1} and b["examples"][0]["id"] == recs[0]["id"]
+
+
+def test_near_duplicates_found_and_distinct_texts_not():
+    base = (
+        "the dawn lamp brightens slowly over thirty minutes from a soft amber to a clear daylight white "
+        "before your alarm, and you can set the length in the app between ten and sixty minutes"
+    )
+    recs = [
+        _rec("Tell me about Dawn.", base, "NO IDEA"),
+        _rec("Tell me about Dawn!", base + " today", "NO IDEA"),
+        _rec("Halo charging?", "The base has a ten watt wireless pad for phones.", "Dunno, google it"),
+    ]
+    nd = near_duplicate_rate(recs)
+    assert (
+        nd["pairs"] == 1
+        and nd["records_with_near_duplicate"] == 2
+        and nd["rate"] == pytest.approx(2 / 3, abs=1e-4)
+    )
+
+
+def test_agreement_votes_kappa_matches_sklearn_and_alpha_matches_krippendorff():
+    from sklearn.metrics import cohen_kappa_score
+
+    from onbrand.annotate.agreement import agreement_report, krippendorff_alpha
+
+    # 12 pairs judged by a and b; b flips its preference on 3 of them.
+    recs = []
+    for i in range(12):
+        c, r = f"good answer {i}", f"bad answer {i}"
+        recs.append(_rec(f"q{i}", c, r, annotators=["a"] + ([] if i in (2, 5, 9) else ["b"])))
+        if i in (2, 5, 9):
+            recs.append(_rec(f"q{i}", r, c, annotators=["b"]))
+    triples = annotator_votes(recs)
+    votes = {(k, a): v for k, a, v in triples}
+    keys = sorted({k for k, _, _ in triples})
+    va, vb = [votes[(k, "a")] for k in keys], [votes[(k, "b")] for k in keys]
+    assert sum(x != y for x, y in zip(va, vb)) == 3 and len(set(va)) == 2  # two real categories
+    rep = agreement_report(triples)
+    assert rep["cohen_kappa"][0]["kappa"] == pytest.approx(cohen_kappa_score(va, vb), abs=1e-4)
+    # Krippendorff (2011), "Computing Krippendorff's alpha-reliability", nominal example: 0.743.
+    units = [
+        [1, 1, 1],
+        [2, 2, 3, 2],
+        [3, 3, 3, 3],
+        [3, 3, 3, 3],
+        [2, 2, 2, 2],
+        [1, 2, 3, 4],
+        [4, 4, 4, 4],
+        [1, 1, 2, 1],
+        [2, 2, 2, 2],
+        [5, 5, 5],
+        [1, 1],
+        [3],
+    ]
+    assert krippendorff_alpha(units) == pytest.approx(0.743, abs=5e-4)
+
+
+def test_cli_demo_import_snapshot_report(tmp_path, monkeypatch, capsys):
+    """Acceptance: import the demo files, snapshot and report; zero banned hits in chosen."""
+    monkeypatch.chdir(REPO)
+    out = tmp_path / "demo"
+    over = [f"out={out}/snapshot", "tokenizer="]  # the tokenizer path is covered in test_data_snapshot
+    assert main(["data", "import", "--out", str(out / "imported")]) == 0
+    assert "quarantined 0" in capsys.readouterr().out
+    assert main(["data", "snapshot", *over]) == 0
+    assert main(["data", "report", *over]) == 0
+    rep = json.loads((out / "snapshot" / "report" / "report.json").read_text())
+    md = (out / "snapshot" / "report" / "report.md").read_text()
+    png = (out / "snapshot" / "report" / "lengths.png").read_bytes()
+    assert (
+        png[:4] == b"\x89PNG"
+        and "## Length bias" in md
+        and "Banned-phrase/claim hits in **chosen**: **0**" in md
+    )
+    assert rep["banned_in_chosen"]["hits"] == 0 and rep["rejected_rule_failures"]["share_failing"] == 1.0
+    assert rep["length_bias"]["all"]["chosen_longer_share_chars"] <= 0.6
+    assert rep["near_duplicates"]["rate"] < 0.05
+    counts = rep["counts"]
+    assert counts["train"]["pairs"] >= 400 and counts["test"]["pairs"] >= 80
+    assert len(counts["train"]["channels"]) >= 6 and len(rep["import"]["formats"]) >= 5
+    assert rep["agreement"]["items_overlapping"] > 0
