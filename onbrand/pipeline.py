@@ -1,30 +1,40 @@
 """``onbrand run configs/demo.yaml``: the whole pipeline in one script.
 
-Stages run in order; each records the hash of its inputs and is skipped on re-run when they match
-(``--force STAGE`` re-runs it). Stages whose code is not in this checkout are reported as
-"not built yet" instead of failing.
+    model -> data (import + validate + snapshot + report) -> sft -> dpo -> reward -> eval -> export
+
+Each stage reads the artefact of the stage before it (see docs/architecture.md). The run config
+names one YAML per stage; the pipeline forces the paths that tie the stages together (the
+snapshot, the run dirs, the brand card, the base model) from ``out_dir``, ``brand`` and ``model``,
+so a new brand needs only a new run config. Each stage records the hash of its inputs (its
+resolved config plus the fingerprints of the artefacts it reads) in ``<out_dir>/stages/<stage>.json``
+and is skipped on re-run when they match and its output is intact; ``--force STAGE`` re-runs it.
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib
+import sys
 import time
+import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-from onbrand.config import load_config
+from onbrand.config import load_config, resolve_kind, to_dict
+from onbrand.pipeline_stages import STAGES, StageContext
+from onbrand.runs import atomic_write_json, read_json, sha256_json
 
-KNOWN_STAGES = ("model", "data", "sft", "dpo", "eval", "export")
-# Where each stage's implementation lives: a stage is "built" when its module imports.
-STAGE_IMPL = {
-    "model": "onbrand.models",
-    "data": "onbrand.data.snapshot",
-    "sft": "onbrand.training.sft",
-    "dpo": "onbrand.training.dpo",
-    "eval": "onbrand.eval.runner",
-    "export": "onbrand.export",
-}
+KNOWN_STAGES = tuple(STAGES)
+
+
+@dataclass
+class ExportSection:
+    format: str = "merged"  # merged | adapter | both
+    verify: bool = True
+
+    def __post_init__(self) -> None:
+        if self.format not in ("merged", "adapter", "both"):
+            raise ValueError(f"export.format must be one of merged, adapter, both; got {self.format!r}")
 
 
 @dataclass
@@ -33,11 +43,19 @@ class RunConfig:
 
     name: str = "demo"
     model: str = "embedded:smollm2-135m-instruct"
-    brand: str = ""
+    brand: str = "configs/brands/aurora.yaml"
     out_dir: str = "runs/demo"
     stages: list[str] = field(default_factory=lambda: list(KNOWN_STAGES))
-    sample_prompt: str = "A customer asks: can your lamp help me sleep better? Reply in two sentences."
-    system_prompt: str = "You are a helpful, friendly and precise assistant for a lighting brand."
+    # One YAML per stage; the pipeline overrides the paths that connect the stages.
+    data: str = "configs/data/demo.yaml"
+    sft: str = "configs/sft/demo.yaml"
+    dpo: str = "configs/dpo/demo.yaml"
+    reward: str = "configs/reward/demo.yaml"
+    eval: str = "configs/eval/demo.yaml"
+    export: ExportSection = field(default_factory=ExportSection)
+    # Extra dotted overrides per stage, e.g. {dpo: ["train.epochs=2"]}.
+    overrides: dict[str, list[str]] = field(default_factory=dict)
+    sample_prompt: str = "Can your lamp help me sleep better?"
     max_new_tokens: int = 64
     seed: int = 0
 
@@ -45,54 +63,149 @@ class RunConfig:
         bad = [s for s in self.stages if s not in KNOWN_STAGES]
         if bad:
             raise ValueError(f"stages: unknown stage(s) {bad}; valid stages: {', '.join(KNOWN_STAGES)}")
+        bad = [s for s in self.overrides if s not in KNOWN_STAGES]
+        if bad:
+            raise ValueError(f"overrides: unknown stage(s) {bad}; valid stages: {', '.join(KNOWN_STAGES)}")
         if self.max_new_tokens < 1:
             raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
 
 
-def stage_built(stage: str) -> bool:
-    try:
-        importlib.import_module(STAGE_IMPL[stage])
-        return True
-    except ModuleNotFoundError:
+def _state_path(cfg: RunConfig, stage: str) -> Path:
+    return Path(cfg.out_dir) / "stages" / f"{stage}.json"
+
+
+def _stage_config(cfg: RunConfig, stage: str, ctx: StageContext) -> Any:
+    spec = STAGES[stage]
+    if spec.config_kind is None:
+        return None
+    path = getattr(cfg, stage)
+    overrides = spec.overrides(cfg, ctx) + list(cfg.overrides.get(stage, []))
+    return load_config(resolve_kind(spec.config_kind), path, overrides)
+
+
+def _input_hash(stage: str, stage_cfg: Any, ctx: StageContext) -> str:
+    spec = STAGES[stage]
+    upstream = {dep: ctx.fingerprints.get(dep) for dep in spec.depends_on}
+    return sha256_json(
+        {
+            "stage": stage,
+            "config": to_dict(stage_cfg) if stage_cfg is not None else None,
+            "upstream": upstream,
+            "code": spec.code_version,
+        }
+    )
+
+
+def _skippable(cfg: RunConfig, stage: str, input_hash: str, ctx: StageContext) -> bool:
+    state_file = _state_path(cfg, stage)
+    if not state_file.exists():
         return False
+    state = read_json(state_file)
+    if state.get("input_hash") != input_hash:
+        return False
+    return STAGES[stage].fingerprint(cfg, ctx) == state.get("output_fingerprint")
 
 
-def run_model_stage(cfg: RunConfig) -> dict:
-    """Load the base model (converting the embedded GGUF on first use), print facts, generate."""
-    import torch
-
-    from onbrand.models import count_parameters, load_model, load_tokenizer, resolve_model
-
+def run_stage(cfg: RunConfig, stage: str, ctx: StageContext, force: bool) -> tuple[str, float]:
+    """Run (or skip) one stage; return ("ran"|"skipped", seconds)."""
+    spec = STAGES[stage]
+    stage_cfg = _stage_config(cfg, stage, ctx)
+    input_hash = _input_hash(stage, stage_cfg, ctx)
+    if not force and _skippable(cfg, stage, input_hash, ctx):
+        state = read_json(_state_path(cfg, stage))
+        ctx.fingerprints[stage] = state["output_fingerprint"]
+        ctx.results[stage] = state.get("result", {})
+        return "skipped", 0.0
     t0 = time.perf_counter()
-    path = resolve_model(cfg.model)
-    t_resolve = time.perf_counter() - t0
-    t1 = time.perf_counter()
-    tok = load_tokenizer(path)
-    model = load_model(path).eval()
-    t_load = time.perf_counter() - t1
-    facts = {
-        "model": cfg.model,
-        "path": str(path),
-        "parameters": count_parameters(model),
-        "vocab_size": model.config.vocab_size,
-        "layers": model.config.num_hidden_layers,
-        "hidden_size": model.config.hidden_size,
-        "resolve_seconds": round(t_resolve, 2),
-        "load_seconds": round(t_load, 2),
-    }
-    messages = [
-        {"role": "system", "content": cfg.system_prompt},
-        {"role": "user", "content": cfg.sample_prompt},
-    ]
-    ids = tok.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt", return_dict=True)
-    torch.manual_seed(cfg.seed)
-    t2 = time.perf_counter()
-    with torch.no_grad():
-        out = model.generate(**ids, max_new_tokens=cfg.max_new_tokens, do_sample=False)
-    answer = tok.decode(out[0, ids["input_ids"].shape[1] :], skip_special_tokens=True).strip()
-    facts["generate_seconds"] = round(time.perf_counter() - t2, 2)
-    facts["answer"] = answer
-    return facts
+    ctx.results[stage] = spec.run(cfg, stage_cfg, ctx)
+    seconds = time.perf_counter() - t0
+    fingerprint = spec.fingerprint(cfg, ctx)
+    ctx.fingerprints[stage] = fingerprint
+    atomic_write_json(
+        _state_path(cfg, stage),
+        {
+            "stage": stage,
+            "input_hash": input_hash,
+            "output_fingerprint": fingerprint,
+            "seconds": round(seconds, 1),
+            "result": ctx.results[stage],
+        },
+    )
+    return "ran", seconds
+
+
+def run_pipeline(cfg: RunConfig, force: tuple[str, ...] = (), config_path: str = "configs/demo.yaml") -> int:
+    ctx = StageContext(out_dir=Path(cfg.out_dir))
+    print(f"onbrand run: {cfg.name}  (model {cfg.model}, brand {cfg.brand}) -> {cfg.out_dir}/")
+    timings: dict[str, tuple[str, float]] = {}
+    n = len(cfg.stages)
+    for i, stage in enumerate(cfg.stages, 1):
+        print(f"\n[{i}/{n}] {stage}: {STAGES[stage].title}", flush=True)
+        try:
+            status, seconds = run_stage(cfg, stage, ctx, force=stage in force or "all" in force)
+        except KeyboardInterrupt:
+            print(
+                f"\ninterrupted in stage '{stage}'; re-run `onbrand run {config_path}` to resume "
+                f"(finished stages are skipped)",
+                file=sys.stderr,
+            )
+            return 130
+        except Exception as e:  # noqa: BLE001 - report any stage failure the same way
+            traceback.print_exc()
+            print(
+                f"\nstage '{stage}' failed: {type(e).__name__}: {e}\n"
+                f"fix the cause and re-run `onbrand run {config_path}` (finished stages are skipped), "
+                f"or `onbrand run {config_path} --force {stage}`",
+                file=sys.stderr,
+            )
+            return 1
+        timings[stage] = (status, seconds)
+        print(
+            f"[{i}/{n}] {stage}: {'skipped (inputs unchanged)' if status == 'skipped' else f'done in {seconds:.0f} s'}"
+        )
+    _print_summary(cfg, ctx, timings)
+    return 0 if ctx.results.get("eval", {}).get("gate_passed", True) else 1
+
+
+def _print_summary(cfg: RunConfig, ctx: StageContext, timings: dict[str, tuple[str, float]]) -> None:
+    from onbrand.pipeline_stages import summary_lines
+
+    print("\n" + "=" * 78)
+    print(f"onbrand run {cfg.name}: summary")
+    print("=" * 78)
+    for line in summary_lines(cfg, ctx):
+        print(line)
+    total = sum(s for _, s in timings.values())
+    print(
+        "\nstage times: "
+        + ", ".join(f"{k} {'skip' if st == 'skipped' else f'{s:.0f}s'}" for k, (st, s) in timings.items())
+        + f"  (total {total:.0f} s)"
+    )
+    atomic_write_json(
+        Path(cfg.out_dir) / "summary.json",
+        {
+            "name": cfg.name,
+            "timings": {k: {"status": st, "seconds": round(s, 1)} for k, (st, s) in timings.items()},
+            "results": ctx.results,
+        },
+    )
+
+
+def _add_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("config", nargs="?", default="configs/demo.yaml", help="run config YAML")
+    p.add_argument("overrides", nargs="*", help="key=value overrides (dotted), e.g. out_dir=runs/x")
+    p.add_argument(
+        "--force",
+        action="append",
+        default=[],
+        choices=(*KNOWN_STAGES, "all"),
+        help="re-run STAGE even when its inputs are unchanged (repeatable; 'all' for every stage)",
+    )
+
+
+def _run(args: argparse.Namespace) -> int:
+    cfg = load_config(RunConfig, args.config, args.overrides)
+    return run_pipeline(cfg, tuple(args.force), args.config)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -101,39 +214,11 @@ def main(argv: list[str] | None = None) -> int:
     return _run(parser.parse_args(argv))
 
 
-def _add_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("config", nargs="?", default="configs/demo.yaml", help="run config YAML")
-    p.add_argument("overrides", nargs="*", help="key=value overrides (dotted)")
-    p.add_argument("--force", action="append", default=[], choices=KNOWN_STAGES, help="re-run STAGE")
-
-
-def _run(args: argparse.Namespace) -> int:
-    cfg = load_config(RunConfig, args.config, args.overrides)
-    print(f"onbrand run: {cfg.name} -> {Path(cfg.out_dir)}")
-    missing = []
-    for stage in cfg.stages:
-        if not stage_built(stage):
-            missing.append(stage)
-            continue
-        if stage == "model":
-            facts = run_model_stage(cfg)
-            print(f"  base model      {facts['model']}  ({facts['path']})")
-            print(
-                f"  parameters      {facts['parameters'] / 1e6:.1f}M   vocab {facts['vocab_size']}   "
-                f"layers {facts['layers']}   hidden {facts['hidden_size']}"
-            )
-            print(f"  load time       resolve {facts['resolve_seconds']} s + load {facts['load_seconds']} s")
-            print(f"  prompt          {cfg.sample_prompt}")
-            print(f"  answer          {facts['answer']}")
-            print(f"  generated in    {facts['generate_seconds']} s")
-        else:
-            missing.append(stage)
-    if missing:
-        print(f"  not built yet:  {', '.join(missing)}")
-    return 0
-
-
 def register(sub) -> None:
     p = sub.add_parser("run", help="run the whole pipeline from one config (what `make demo` calls)")
     _add_args(p)
     p.set_defaults(func=_run)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,265 @@
+"""The stages of ``onbrand run``: what each reads, how it is configured, run and fingerprinted.
+
+A stage is a :class:`Stage`: its config dataclass (``config_kind``), the overrides that tie it to
+the other stages, a ``run`` function that returns a small JSON-able result, and a ``fingerprint``
+of its output used by the stages after it (so a changed snapshot re-runs training, a changed
+adapter re-runs eval and export, and nothing else).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from onbrand.runs import hash_tree, read_json, sha256_json
+
+
+@dataclass
+class StageContext:
+    out_dir: Path
+    fingerprints: dict[str, str] = field(default_factory=dict)
+    results: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Stage:
+    title: str
+    config_kind: str | None
+    depends_on: tuple[str, ...]
+    overrides: Callable[[Any, StageContext], list[str]]
+    run: Callable[[Any, Any, StageContext], dict[str, Any]]
+    fingerprint: Callable[[Any, StageContext], str]
+    code_version: int = 1
+
+
+def _p(ctx: StageContext, name: str) -> str:
+    return str(ctx.out_dir / name)
+
+
+def _tree_fingerprint(path: Path, skip_dirs: tuple[str, ...] = ("checkpoints",)) -> str:
+    if not path.exists():
+        return "missing"
+    files = {k: v["sha256"] for k, v in hash_tree(path).items() if k.split("/")[0] not in skip_dirs}
+    return sha256_json(files)
+
+
+# ----------------------------------------------------------------------------- model
+def _run_model(cfg, _stage_cfg, _ctx) -> dict[str, Any]:
+    """Resolve (convert once) the base model and print its facts."""
+    import time
+
+    from onbrand.models import model_facts, resolve_model
+
+    t0 = time.perf_counter()
+    resolve_model(cfg.model)
+    facts = model_facts(cfg.model)
+    facts["resolve_seconds"] = round(time.perf_counter() - t0, 1)
+    print(
+        f"  {facts['name']}: {facts['architecture']}, vocab {facts['vocab_size']}, {facts['num_hidden_layers']} "
+        f"layers, hidden {facts['hidden_size']}, {facts['weights_bytes'] / 2**20:.0f} MiB ({facts['path']})"
+    )
+    return {
+        k: facts[k]
+        for k in ("name", "path", "vocab_size", "hidden_size", "num_hidden_layers", "model_hash")
+        if k in facts
+    }
+
+
+def _fp_model(cfg, _ctx) -> str:
+    from onbrand.models import model_hash
+
+    return model_hash(cfg.model)
+
+
+# ----------------------------------------------------------------------------- data
+def _ov_data(cfg, ctx) -> list[str]:
+    return [f"brand={cfg.brand}", f"tokenizer={cfg.model}", f"out={_p(ctx, 'snapshot')}"]
+
+
+def _run_data(cfg, stage_cfg, ctx) -> dict[str, Any]:
+    from onbrand.data.brand import load_brand
+    from onbrand.data.report import write_report
+    from onbrand.data.snapshot import build_snapshot
+
+    manifest = build_snapshot(stage_cfg)
+    report_dir = stage_cfg.report_dir or str(Path(stage_cfg.out) / "report")
+    write_report(stage_cfg.out, report_dir, load_brand(cfg.brand))
+    report = Path(report_dir) / "report.md"
+    counts = {split: c.get("pairs") for split, c in manifest.get("counts", {}).items()}
+    print(f"  snapshot {manifest['snapshot_id'][:12]}  pairs {counts}  report {report}")
+    return {"snapshot_id": manifest["snapshot_id"], "counts": counts, "report": str(report)}
+
+
+def _fp_data(cfg, ctx) -> str:
+    path = Path(_p(ctx, "snapshot")) / "manifest.json"
+    return read_json(path)["snapshot_id"] if path.exists() else "missing"
+
+
+# ----------------------------------------------------------------------------- training
+def _ov_train(name: str, init_from: str | None = None):
+    def overrides(cfg, ctx) -> list[str]:
+        out = [
+            f"model={cfg.model}",
+            f"out_dir={_p(ctx, name)}",
+            f"data.snapshot={_p(ctx, 'snapshot')}",
+            f"data.brand={cfg.brand}",
+        ]
+        if init_from:
+            out.append(f"init_from={_p(ctx, init_from)}")
+        return out
+
+    return overrides
+
+
+def _run_train(module: str):
+    def run(cfg, stage_cfg, ctx) -> dict[str, Any]:
+        import importlib
+
+        code = importlib.import_module(module).train(stage_cfg)
+        if code:
+            raise RuntimeError(f"{module} exited with {code}")
+        out = Path(stage_cfg.out_dir)
+        ev = out / "eval.json"
+        return {"run_dir": str(out), "eval": read_json(ev) if ev.exists() else {}}
+
+    return run
+
+
+def _fp_run(name: str):
+    def fp(cfg, ctx) -> str:
+        return _tree_fingerprint(Path(_p(ctx, name)) / "adapter")
+
+    return fp
+
+
+# ----------------------------------------------------------------------------- eval / export
+def _ov_eval(cfg, ctx) -> list[str]:
+    return [
+        f"base_model={cfg.model}",
+        f"aligned={_p(ctx, 'dpo')}",
+        f"reward={_p(ctx, 'reward')}",
+        f"snapshot={_p(ctx, 'snapshot')}",
+        f"brand={cfg.brand}",
+        f"out_dir={_p(ctx, 'eval')}",
+    ]
+
+
+def _run_eval(cfg, stage_cfg, ctx) -> dict[str, Any]:
+    from onbrand.eval.runner import run_eval
+
+    report = run_eval(stage_cfg)
+    return {
+        "report_dir": str(stage_cfg.out_dir),
+        "summary": report.get("summary", {}),
+        "verdict": report.get("verdict"),
+        "gate_passed": report.get("gate", {}).get("passed", True),
+    }
+
+
+def _fp_eval(cfg, ctx) -> str:
+    path = Path(_p(ctx, "eval")) / "report.json"
+    return sha256_json(read_json(path).get("summary")) if path.exists() else "missing"
+
+
+def _run_export(cfg, _stage_cfg, ctx) -> dict[str, Any]:
+    from onbrand.export import export_run
+    from onbrand.export_verify import verify_export
+
+    out = export_run(_p(ctx, "dpo"), _p(ctx, "export"), cfg.export.format, overwrite=True)
+    result: dict[str, Any] = {"export_dir": str(out)}
+    if cfg.export.verify:
+        report = verify_export(out)
+        result["verify"] = report.to_dict() if hasattr(report, "to_dict") else str(report)
+        if not report.ok:
+            raise RuntimeError(f"export verify failed: {report}")
+    return result
+
+
+def _fp_export(cfg, ctx) -> str:
+    path = Path(_p(ctx, "export")) / "manifest.json"
+    return sha256_json(read_json(path)) if path.exists() else "missing"
+
+
+def _none(cfg, ctx) -> list[str]:
+    return []
+
+
+STAGES: dict[str, Stage] = {
+    "model": Stage(
+        "resolve the base model (GGUF -> safetensors once)", None, (), _none, _run_model, _fp_model
+    ),
+    "data": Stage(
+        "import, validate and snapshot the brand's preference pairs; quality report",
+        "onbrand.data.config:DataConfig",
+        ("model",),
+        _ov_data,
+        _run_data,
+        _fp_data,
+    ),
+    "sft": Stage(
+        "supervised fine-tuning of a LoRA on the chosen answers",
+        "onbrand.training.sft:SFTConfig",
+        ("model", "data"),
+        _ov_train("sft"),
+        _run_train("onbrand.training.sft"),
+        _fp_run("sft"),
+    ),
+    "dpo": Stage(
+        "preference optimisation (DPO family) from the SFT model",
+        "onbrand.training.dpo:DPOConfig",
+        ("model", "data", "sft"),
+        _ov_train("dpo", "sft"),
+        _run_train("onbrand.training.dpo"),
+        _fp_run("dpo"),
+    ),
+    "reward": Stage(
+        "Bradley-Terry reward model (for eval win rates and RL)",
+        "onbrand.training.reward:RewardConfig",
+        ("model", "data"),
+        _ov_train("reward"),
+        _run_train("onbrand.training.reward"),
+        _fp_run("reward"),
+    ),
+    "eval": Stage(
+        "base vs aligned: win rates, compliance, voice, drift, perplexity, gate",
+        "onbrand.eval.config:EvalConfig",
+        ("model", "data", "dpo", "reward"),
+        _ov_eval,
+        _run_eval,
+        _fp_eval,
+    ),
+    "export": Stage(
+        "merged checkpoint + manifest, verified (checksums, parity, vLLM)",
+        None,
+        ("model", "dpo", "eval"),
+        _none,
+        _run_export,
+        _fp_export,
+    ),
+}
+
+
+def summary_lines(cfg, ctx: StageContext) -> list[str]:
+    """The final table: the verdict and the headline numbers, base vs aligned."""
+    lines = []
+    res = ctx.results
+    if "data" in res:
+        lines.append(
+            f"data      snapshot {str(res['data'].get('snapshot_id'))[:12]}  pairs {res['data'].get('counts')}"
+        )
+    for name in ("sft", "dpo", "reward"):
+        if name in res:
+            ev = res[name].get("eval", {})
+            shown = ", ".join(f"{k} {v:.3f}" for k, v in list(ev.items())[:4] if isinstance(v, (int, float)))
+            lines.append(f"{name:<9} {res[name].get('run_dir')}  {shown}")
+    if "eval" in res:
+        lines.append(
+            f"eval      {res['eval']['report_dir']}/report.md   verdict: {res['eval'].get('verdict')}"
+        )
+        for key, value in (res["eval"].get("summary") or {}).items():
+            lines.append(f"          {key:<34} {value}")
+    if "export" in res:
+        lines.append(f"export    {res['export']['export_dir']}")
+    return lines

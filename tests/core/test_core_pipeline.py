@@ -1,0 +1,94 @@
+"""`onbrand run`: stages are skipped when their inputs are unchanged, re-run when forced or when
+an upstream artefact changes, and a failure names the stage and how to resume."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from onbrand import pipeline_stages
+from onbrand.pipeline import RunConfig, run_pipeline
+
+
+@pytest.fixture
+def toy_stages(monkeypatch, tmp_path):
+    """Replace model/data/sft with toy stages that write files and count their runs."""
+    calls: dict[str, int] = {}
+    content = {"data": "pairs-v1"}
+
+    def runner(name):
+        def run(cfg, stage_cfg, ctx):
+            calls[name] = calls.get(name, 0) + 1
+            out = Path(cfg.out_dir) / name
+            out.mkdir(parents=True, exist_ok=True)
+            (out / "out.txt").write_text(content.get(name, name))
+            return {"run_dir": str(out)}
+
+        return run
+
+    def fp(name):
+        def fingerprint(cfg, ctx):
+            f = Path(cfg.out_dir) / name / "out.txt"
+            return f.read_text() if f.exists() else "missing"
+
+        return fingerprint
+
+    for name in ("model", "data", "sft"):
+        stage = pipeline_stages.STAGES[name]
+        monkeypatch.setitem(
+            pipeline_stages.STAGES,
+            name,
+            replace(stage, config_kind=None, run=runner(name), fingerprint=fp(name)),
+        )
+    cfg = RunConfig(out_dir=str(tmp_path / "run"), stages=["model", "data", "sft"])
+    return cfg, calls, content
+
+
+def test_rerun_skips_unchanged_stages(toy_stages, capsys):
+    cfg, calls, _ = toy_stages
+    assert run_pipeline(cfg) == 0
+    assert run_pipeline(cfg) == 0
+    assert calls == {"model": 1, "data": 1, "sft": 1}
+    assert "skipped (inputs unchanged)" in capsys.readouterr().out
+    summary = json.loads((Path(cfg.out_dir) / "summary.json").read_text())
+    assert summary["timings"]["sft"]["status"] == "skipped"
+
+
+def test_force_and_upstream_change_rerun(toy_stages):
+    cfg, calls, content = toy_stages
+    run_pipeline(cfg)
+    run_pipeline(cfg, force=("sft",))
+    assert calls == {"model": 1, "data": 1, "sft": 2}
+    content["data"] = "pairs-v2"  # the data stage now produces a different artefact
+    run_pipeline(cfg, force=("data",))
+    assert calls["data"] == 2 and calls["sft"] == 3  # sft re-runs because its upstream changed
+
+
+def test_tampered_output_reruns(toy_stages):
+    cfg, calls, _ = toy_stages
+    run_pipeline(cfg)
+    (Path(cfg.out_dir) / "sft" / "out.txt").write_text("edited by hand")
+    run_pipeline(cfg)
+    assert calls["sft"] == 2
+
+
+def test_failure_names_stage_and_resume(toy_stages, monkeypatch, capsys):
+    cfg, calls, _ = toy_stages
+
+    def boom(cfg, stage_cfg, ctx):
+        raise RuntimeError("disk full")
+
+    monkeypatch.setitem(pipeline_stages.STAGES, "sft", replace(pipeline_stages.STAGES["sft"], run=boom))
+    assert run_pipeline(cfg, config_path="configs/x.yaml") == 1
+    err = capsys.readouterr().err
+    assert "stage 'sft' failed: RuntimeError: disk full" in err
+    assert "onbrand run configs/x.yaml --force sft" in err
+    assert calls == {"model": 1, "data": 1}
+
+
+def test_unknown_stage_rejected():
+    with pytest.raises(ValueError, match="unknown stage"):
+        RunConfig(stages=["data", "tune"])
