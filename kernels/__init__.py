@@ -70,6 +70,15 @@ def _check_inputs(hidden, weight, targets, bias, ignore_index, temperature, back
     return valid
 
 
+def _autocast_inputs(hidden, weight, bias):
+    """Under autocast, run the GEMMs in the autocast dtype (as nn.Linear would); casts are differentiable."""
+    dev = hidden.device.type
+    if not torch.is_autocast_enabled(dev):
+        return hidden, weight, bias
+    dtype = torch.get_autocast_dtype(dev)
+    return hidden.to(dtype), weight.to(dtype), None if bias is None else bias.to(dtype)
+
+
 def _pick_backend(backend: str, hidden: torch.Tensor) -> str:
     if backend != "auto":
         return backend
@@ -137,7 +146,9 @@ def fused_linear_logprobs(
         fn = TritonLinearLogprobs
     else:
         fn = ChunkedLinearLogprobs
-    logp_v, ent_v, mean_v = fn.apply(hv, weight, bias, tv, 1.0 / temperature, int(chunk), return_stats)
+    hv, weight, bias = _autocast_inputs(hv, weight, bias)
+    with torch.autocast(hv.device.type, enabled=False):  # the Function picks its own precisions
+        logp_v, ent_v, mean_v = fn.apply(hv, weight, bias, tv, 1.0 / temperature, int(chunk), return_stats)
     if all_valid:
         logp = logp_v.view(shape)
         ent = ent_v.view(shape) if return_stats else None

@@ -172,3 +172,18 @@ def test_bad_inputs_raise(kwargs, match):
     args.update(kwargs)
     with pytest.raises(ValueError, match=match):
         fused_linear_logprobs(**args)
+
+
+def test_autocast_bf16_runs_gemms_in_bf16_and_grads_reach_fp32_leaves():
+    hidden, weight, _, targets, upstream = _inputs(seed=10)
+    h = hidden.float().requires_grad_(True)
+    w = weight.float().requires_grad_(True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        logp = fused_linear_logprobs(h, w, targets)
+    (logp.double() * upstream).sum().backward()
+    assert h.grad.dtype == torch.float32 and w.grad.dtype == torch.float32
+    rounded = [t.to(torch.bfloat16).double() for t in (hidden, weight)]
+    ref = _reference_grads(*rounded, None, targets, upstream, True)
+    _close(logp, ref[0], torch.bfloat16, "logp")
+    _close(h.grad, ref[3], torch.bfloat16, "grad_hidden")
+    _close(w.grad, ref[4], torch.bfloat16, "grad_weight")
