@@ -299,6 +299,9 @@ def export_run(
 
 def _write_manifest(tmp: Path, manifest: dict[str, Any]) -> None:
     """Last write of an export: hashes of every other file (so it is only complete with all of them)."""
+    for path in tmp.rglob("*"):
+        # Some writers create 0600 files (temp file + rename); an export is meant to be shared.
+        path.chmod(0o755 if path.is_dir() else 0o644)
     manifest["files"] = hash_tree(tmp, skip=(MANIFEST,))
     atomic_write_json(tmp / MANIFEST, manifest)
 

@@ -80,17 +80,32 @@ def _md_escape(text: str) -> str:
     return str(text).replace("|", "\\|").replace("<", "&lt;").replace(">", "&gt;")
 
 
+def brand_name(brand: dict[str, Any]) -> str:
+    """The brand card's display name when the card is readable here, else the card file's stem."""
+    if brand.get("name"):
+        return str(brand["name"])
+    path = Path(str(brand.get("path") or "unknown"))
+    if path.is_file():
+        try:
+            from onbrand.data.brand import load_brand
+
+            return load_brand(path).name
+        except (ImportError, ValueError, OSError):
+            pass  # a card that no longer loads still leaves its file name as the brand
+    return path.stem
+
+
 def model_card(manifest: dict[str, Any], lineage: list[dict[str, Any]], report: dict | None) -> str:
     brand = manifest.get("brand") or {}
-    brand_name = brand.get("name") or Path(str(brand.get("path") or "unknown")).stem
+    name = brand_name(brand)
     base = manifest["base_model"]
     fmt = manifest["format"]
     parity = manifest["parity"].get("merged_vs_base_plus_adapter_at_export")
     counts = manifest.get("snapshot_counts")
     parts = [
-        f"# {_md_escape(brand_name)} brand assistant ({manifest['run_id']})\n",
+        f"# {_md_escape(name)} brand assistant ({manifest['run_id']})\n",
         "## Intended use\n",
-        f"Customer-facing replies in the voice of the **{_md_escape(brand_name)}** brand, served with the "
+        f"Customer-facing replies in the voice of the **{_md_escape(name)}** brand, served with the "
         "brand system prompt below as the first (system) message. Not for advice outside the brand's "
         "domain, nor for decisions about people.\n",
         "## Contents\n",
