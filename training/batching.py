@@ -147,12 +147,32 @@ def _segments(pair: TokenizedPair, shared_prefix: bool) -> list[tuple[list[int],
     ]
 
 
+def row_prefix_len(prompts: list[list[int]]) -> int:
+    """Longest common prefix of several prompts (typically the brand system prompt), leaving at
+    least one own prompt token per pair; 0 for a single prompt (nothing to share)."""
+    if len(prompts) < 2:
+        return 0
+    n = min(len(p) for p in prompts) - 1
+    first = prompts[0]
+    for p in prompts[1:]:
+        n = min(n, _common_prefix(first[:n], p[:n]))
+    return max(n, 0)
+
+
 def pack_rows(
-    pairs: list[TokenizedPair], max_tokens_per_row: int, shared_prefix: bool = True
+    pairs: list[TokenizedPair],
+    max_tokens_per_row: int,
+    shared_prefix: bool = True,
+    share_row_prefix: bool = True,
 ) -> list[list[int]]:
-    """Greedy first-fit-decreasing assignment of pair indices to rows (length grouping)."""
+    """Greedy first-fit-decreasing assignment of pair indices to rows (length grouping).
+
+    With a row-shared prefix (the brand system prompt every pair starts with) a row holds the
+    prefix once, so a pair costs only its own tokens.
+    """
+    s = row_prefix_len([p.prompt for p in pairs]) if (shared_prefix and share_row_prefix) else 0
     cost = [
-        len(p) if shared_prefix or not p.rejected else len(p) + len(p.prompt) for p in pairs
+        len(p) - s if shared_prefix or not p.rejected else len(p) + len(p.prompt) for p in pairs
     ]  # tokens a pair takes in a row
     order = sorted(range(len(pairs)), key=lambda i: -cost[i])
     rows: list[list[int]] = []
@@ -165,28 +185,40 @@ def pack_rows(
                 break
         else:
             rows.append([i])
-            room.append(max(max_tokens_per_row, cost[i]) - cost[i])
+            room.append(max(max_tokens_per_row - s, cost[i]) - cost[i])
     return [sorted(r) for r in rows]
 
 
 def collate(
-    pairs: list[TokenizedPair], max_tokens_per_row: int = 2048, shared_prefix: bool = True, pad_id: int = 0
+    pairs: list[TokenizedPair],
+    max_tokens_per_row: int = 2048,
+    shared_prefix: bool = True,
+    pad_id: int = 0,
+    share_row_prefix: bool = True,
 ) -> PackedBatch:
-    """Pack ``pairs`` into a :class:`PackedBatch` (see the module docstring for the layout)."""
-    rows = pack_rows(pairs, max_tokens_per_row, shared_prefix)
+    """Pack ``pairs`` into a :class:`PackedBatch` (see the module docstring for the layout).
+
+    ``share_row_prefix`` (with ``shared_prefix``): the prompts' common prefix (the system prompt)
+    is put once at the start of a row, every pair of the row attends to it, and each pair's own
+    tokens continue at its position (kind 3 in the mask).
+    """
+    rows = pack_rows(pairs, max_tokens_per_row, shared_prefix, share_row_prefix)
     tokens: list[list[int]] = []
     positions: list[list[int]] = []
-    pair_of: list[list[int]] = []  # pair index per token, -1 = padding
+    pair_of: list[list[int]] = []  # pair index per token, -1 = padding, -2 = row prefix
     kind_of: list[list[int]] = []
     src, tgt, sid = [], [], []
     last = [0] * (2 * len(pairs))
     length = 0
     for r, members in enumerate(rows):
-        t_row, p_row, pair_row, kind_row = [], [], [], []
+        s = row_prefix_len([pairs[i].prompt for i in members]) if (shared_prefix and share_row_prefix) else 0
+        first = pairs[members[0]].prompt
+        t_row, p_row, pair_row, kind_row = list(first[:s]), list(range(s)), [-2] * s, [3] * s
         for i in members:
             pair = pairs[i]
             n_prompt = len(pair.prompt)
             for toks, kinds, _slot in _segments(pair, shared_prefix):
+                toks, kinds = toks[s:], kinds[s:]  # the row prefix is already there
                 start = len(t_row)
                 for k in (1, 2):  # completion targets: chosen then rejected
                     pos = [j for j, kk in enumerate(kinds) if kk == k]
@@ -194,13 +226,13 @@ def collate(
                         continue
                     # token at offset j is predicted by the previous token of the same sequence;
                     # the first completion token by the last prompt token
-                    prev = [start + n_prompt - 1] + [start + j for j in pos[:-1]]
+                    prev = [start + n_prompt - s - 1] + [start + j for j in pos[:-1]]
                     src.extend((r, q) for q in prev)
                     tgt.extend(toks[j] for j in pos)
                     sid.extend([2 * i + (k - 1)] * len(pos))
                     last[2 * i + (k - 1)] = (r, start + pos[-1])
-                # prompt positions 0..P-1, chosen P..P+C-1, rejected restarts at P
-                seg_pos, offsets = [], {0: 0, 1: 0, 2: 0}
+                # prompt positions s..P-1, chosen P..P+C-1, rejected restarts at P
+                seg_pos, offsets = [], {0: s, 1: 0, 2: 0}
                 for kk in kinds:
                     base = 0 if kk == 0 else n_prompt
                     seg_pos.append(base + offsets[kk])
@@ -245,7 +277,8 @@ def collate(
 def block_mask(pair_t: torch.Tensor, kind_t: torch.Tensor, shared_prefix: bool = True) -> torch.Tensor:
     """(R, L) pair ids (-1 pad) and kinds -> (R, 1, L, L) additive mask.
 
-    allowed(i, j) = same pair & same segment & j <= i & not (i rejected and j chosen). Without a
+    allowed(i, j) = j <= i & (j in the row prefix, or: same pair & same segment & not (i rejected
+    and j chosen)). Without a
     shared prefix a pair has two segments; tokens then only see their own segment, which the kind
     rule already guarantees except for the second prompt copy, told apart by a segment counter.
     Padding rows attend to themselves so softmax never sees an all-blocked row (NaN).
@@ -258,9 +291,11 @@ def block_mask(pair_t: torch.Tensor, kind_t: torch.Tensor, shared_prefix: bool =
         seg = seg * 2 + torch.cat([torch.zeros_like(starts[:, :1]), starts], dim=1).long().cumsum(1) % 2
         seg = torch.where(pair_t < 0, -1, seg)
     same = (seg[:, :, None] == seg[:, None, :]) & (pair_t[:, :, None] >= 0)
+    # the row prefix (kind 3) is seen by every non-pad token of its row
+    prefix = (kind_t[:, None, :] == 3) & (pair_t[:, :, None] != -1)
     causal = torch.ones(n, n, dtype=torch.bool).tril()
     no_peek = ~((kind_t[:, :, None] == 2) & (kind_t[:, None, :] == 1))
-    allowed = same & causal & no_peek
+    allowed = ((same & no_peek) | prefix) & causal
     allowed |= torch.eye(n, dtype=torch.bool)
     out = torch.zeros(allowed.shape, dtype=torch.float32)
     out.masked_fill_(~allowed, torch.finfo(torch.float32).min)

@@ -130,11 +130,14 @@ def pack(pairs: list[TokenizedPair], tok, cfg_train, shared_prefix: bool, device
     return collate(pairs, cfg_train.max_tokens_per_row, shared_prefix, tok.pad_token_id).to(device)
 
 
-def real_tokens(pairs: list[TokenizedPair], shared_prefix: bool = True) -> int:
-    """Tokens a step really computes on: shared-prefix counts the prompt once."""
-    if shared_prefix:
-        return sum(len(p) for p in pairs)
-    return sum(len(p) + (len(p.prompt) if p.rejected else 0) for p in pairs)
+def data_tokens(pairs: list[TokenizedPair]) -> int:
+    """Non-pad tokens of the sequences a step trains on, counted as TRL does for the same data:
+    ``prompt + chosen`` and ``prompt + rejected`` (so tokens/s compare across implementations even
+    though shared-prefix packing computes the prompt once)."""
+    return sum(
+        len(p.prompt) + len(p.chosen) + ((len(p.prompt) + len(p.rejected)) if p.rejected else 0)
+        for p in pairs
+    )
 
 
 def save_adapter(model, out: Path) -> None:
@@ -156,3 +159,77 @@ def parent_of(init_from: str | None) -> tuple[dict[str, Any] | None, Path | None
     if not (adapter / "adapter_config.json").exists():
         raise FileNotFoundError(f"{init_from}: run has no adapter/ (did it finish?)")
     return run, adapter
+
+
+@dataclass
+class RunSetup:
+    """Everything a recipe needs before building its model (see :func:`setup_run`)."""
+
+    acc: Any
+    out: Path
+    tok: Any
+    system_prompt: str | None
+    train: list[TokenizedPair]
+    test: list[TokenizedPair]
+    manifest: dict[str, Any]
+    tokenization: dict[str, Any]
+    base_model: str
+    parent_adapter: Path | None
+    lineage_hash: str  # base model hash + merged parent adapter
+
+
+def setup_run(kind: str, cfg, need_rejected: bool = True) -> RunSetup:
+    """Seed, accelerator, tokenizer, brand system prompt, tokenized data; write run.json."""
+    from onbrand.models import load_tokenizer, model_hash
+    from onbrand.runs import hash_tree, sha256_json
+    from onbrand.training.loop import make_accelerator
+    from onbrand.training.rundir import init_run_dir, tokenizer_record
+
+    seed_everything(cfg.train.seed, cfg.train.threads)
+    acc = make_accelerator()
+    out = Path(cfg.out_dir)
+    parent, parent_adapter = parent_of(getattr(cfg, "init_from", None))
+    base_name = parent["base_model"] if parent else cfg.model
+    tok = load_tokenizer(base_name)
+    system_prompt, brand = brand_prompt(cfg.data.brand)
+    train, test, manifest = load_pairs(cfg.data, tok, system_prompt, cfg.train.max_length, need_rejected)
+    tokenization = tokenizer_record(tok, system_prompt, cfg.train.max_length)
+    base_hash = model_hash(base_name)
+    lineage = sha256_json([base_hash, hash_tree(parent_adapter) if parent_adapter else None])
+    if acc.is_main_process:
+        init_run_dir(
+            out, kind, cfg, base_model=base_name, base_model_hash=base_hash,
+            parent_run=str(cfg.init_from) if getattr(cfg, "init_from", None) else None,
+            snapshot_id=manifest.get("snapshot_id"), brand=brand, system_prompt=system_prompt,
+            tokenization=tokenization,
+            extra={"world_size": acc.num_processes, "train_pairs": len(train), "test_pairs": len(test)},
+        )  # fmt: skip
+    acc.wait_for_everyone()
+    return RunSetup(
+        acc, out, tok, system_prompt, train, test, manifest, tokenization, base_name, parent_adapter, lineage
+    )
+
+
+def finish_run(out: Path, kind: str, peft_model, parent_adapter, metrics: dict[str, Any], result, extra=None):
+    """Save stage_adapter/ and adapter/ (concatenated with the parent's), eval.json, run.json."""
+    import shutil
+
+    from onbrand.runs import atomic_dir, atomic_write_json
+    from onbrand.training.rundir import update_run
+
+    save_adapter(peft_model, out / "stage_adapter")
+    if parent_adapter is not None:
+        from onbrand.adapters import concat_lora_adapters
+
+        concat_lora_adapters(parent_adapter, out / "stage_adapter", out / "adapter")
+    else:
+        with atomic_dir(out / "adapter") as tmp:
+            shutil.copytree(out / "stage_adapter", tmp, dirs_exist_ok=True)
+    final = {"steps": result.steps, "train_seconds": round(result.seconds, 2), **(extra or {})}
+    final.update(result.last_metrics)
+    atomic_write_json(out / "eval.json", metrics)
+    update_run(out, final=final, eval=metrics)
+    summary = ", ".join(
+        f"{k.removeprefix('eval/')} {v:.4f}" for k, v in metrics.items() if isinstance(v, float)
+    )
+    print(f"{kind}: {result.steps} steps in {result.seconds:.1f}s; held-out: {summary or 'n/a'} -> {out}")

@@ -24,11 +24,10 @@ What differs from TRL's DPOTrainer (same math, less work):
 
 from __future__ import annotations
 
-import shutil
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 import torch
 
@@ -37,13 +36,9 @@ from onbrand.models import DEFAULT_MODEL
 from onbrand.training.common import (
     DataSection,
     PackedModel,
-    brand_prompt,
+    data_tokens,
     pack,
-    parent_of,
     parse_args,
-    real_tokens,
-    save_adapter,
-    seed_everything,
     sequence_logps,
 )
 from onbrand.training.loop import TrainConfig, autocast
@@ -227,93 +222,45 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def train(cfg: DPOConfig) -> int:
-    from onbrand.models import load_tokenizer, model_hash
-    from onbrand.runs import hash_tree, sha256_json
-    from onbrand.training.loop import make_accelerator, run_loop
+    from onbrand.training.common import finish_run, setup_run
+    from onbrand.training.loop import run_loop
     from onbrand.training.lora import build_policy
-    from onbrand.training.rundir import init_run_dir, tokenizer_record
 
-    seed_everything(cfg.train.seed, cfg.train.threads)
-    acc = make_accelerator()
-    out = Path(cfg.out_dir)
-    parent, parent_adapter = parent_of(cfg.init_from)
-    base_name = parent["base_model"] if parent else cfg.model
-    tok = load_tokenizer(base_name)
-    system_prompt, brand = brand_prompt(cfg.data.brand)
-    train_pairs, test_pairs, manifest = load_pairs_for(cfg, tok, system_prompt)
-    tokenization = tokenizer_record(tok, system_prompt, cfg.train.max_length)
-    base_hash = model_hash(base_name)
-    lineage_hash = sha256_json([base_hash, hash_tree(parent_adapter) if parent_adapter else None])
-    if acc.is_main_process:
-        init_run_dir(
-            out, "dpo", cfg, base_model=base_name, base_model_hash=base_hash,
-            parent_run=str(cfg.init_from) if cfg.init_from else None, snapshot_id=manifest.get("snapshot_id"),
-            brand=brand, system_prompt=system_prompt, tokenization=tokenization,
-            extra={"world_size": acc.num_processes, "train_pairs": len(train_pairs), "test_pairs": len(test_pairs)},
-        )  # fmt: skip
-    acc.wait_for_everyone()
+    run = setup_run("dpo", cfg, need_rejected=True)
+    acc = run.acc
     peft_model = build_policy(
-        base_name, cfg.lora, parent_adapter=parent_adapter,
-        gradient_checkpointing=cfg.train.gradient_checkpointing, pad_token_id=tok.pad_token_id,
+        run.base_model, cfg.lora, parent_adapter=run.parent_adapter,
+        gradient_checkpointing=cfg.train.gradient_checkpointing, pad_token_id=run.tok.pad_token_id,
     )  # fmt: skip
     model = PackedModel(peft_model).to(acc.device)
     hits = {}
     if cfg.dpo.needs_reference and cfg.ref_cache:
         key_base = dict(
-            snapshot_id=manifest.get("snapshot_id"), model=lineage_hash, tokenization=tokenization,
+            snapshot_id=run.manifest.get("snapshot_id"), model=run.lineage_hash, tokenization=run.tokenization,
             precision=cfg.train.precision, shared_prefix=cfg.shared_prefix,
         )  # fmt: skip
-        hits = attach_reference(acc, model, {"train": train_pairs, "test": test_pairs}, tok, cfg, key_base)
+        hits = attach_reference(acc, model, {"train": run.train, "test": run.test}, run.tok, cfg, key_base)
     wrapped = acc.prepare(model)
-    step_fn = make_step_fn(model, tok, cfg, acc.device)
+    step_fn = make_step_fn(model, run.tok, cfg, acc.device)
     result = run_loop(
-        acc, model, wrapped, train_pairs, cfg.train, out, step_fn, run_name=out.name, config_dict=to_dict(cfg),
-        tokens_of=lambda ps: real_tokens(ps, cfg.shared_prefix),
+        acc, model, wrapped, run.train, cfg.train, run.out, step_fn, run_name=run.out.name,
+        config_dict=to_dict(cfg), tokens_of=data_tokens,
     )  # fmt: skip
     if result.stopped_early:
         print(
-            f"stopped after step {result.steps} (train.stop_after); resume with the same command",
+            f"stopped after step {result.steps} (train.stop_after); rerun the same command to resume",
             file=sys.stderr,
         )
         return 0
-    if not (cfg.dpo.needs_reference and cfg.ref_cache) and cfg.dpo.needs_reference and test_pairs:
-        c, r = reference_logps(model, test_pairs, tok, cfg, acc.device)
-        for p, vc, vr in zip(test_pairs, c.tolist(), r.tolist()):
+    if cfg.dpo.needs_reference and not cfg.ref_cache and run.test:
+        c, r = reference_logps(model, run.test, run.tok, cfg, acc.device)
+        for p, vc, vr in zip(run.test, c.tolist(), r.tolist()):
             p.ref_chosen, p.ref_rejected = vc, vr
-    metrics = evaluate(model, test_pairs, tok, cfg, acc.device)
+    metrics = evaluate(model, run.test, run.tok, cfg, acc.device)
     if acc.is_main_process:
-        finish(out, peft_model, parent_adapter, metrics, result, hits)
+        finish_run(run.out, "dpo", peft_model, run.parent_adapter, metrics, result, {"ref_cache_hits": hits})
     acc.wait_for_everyone()
     return 0
-
-
-def load_pairs_for(cfg, tok, system_prompt):
-    from onbrand.training.common import load_pairs
-
-    return load_pairs(cfg.data, tok, system_prompt, cfg.train.max_length, need_rejected=True)
-
-
-def finish(out: Path, peft_model, parent_adapter, metrics: dict[str, Any], result, hits) -> None:
-    """Save stage_adapter/ and adapter/ (concatenated with the parent's), eval.json, run.json."""
-    from onbrand.runs import atomic_write_json
-    from onbrand.training.rundir import update_run
-
-    save_adapter(peft_model, out / "stage_adapter")
-    if parent_adapter is not None:
-        from onbrand.adapters import concat_lora_adapters
-
-        concat_lora_adapters(parent_adapter, out / "stage_adapter", out / "adapter")
-    else:
-        from onbrand.runs import atomic_dir
-
-        with atomic_dir(out / "adapter") as tmp:
-            shutil.copytree(out / "stage_adapter", tmp, dirs_exist_ok=True)
-    final = {"steps": result.steps, "train_seconds": round(result.seconds, 2), "ref_cache_hits": hits}
-    final.update({k: v for k, v in result.last_metrics.items()})
-    atomic_write_json(out / "eval.json", metrics)
-    update_run(out, final=final, eval=metrics)
-    acc_str = f"{metrics.get('eval/rewards/accuracies', float('nan')):.3f}" if metrics else "n/a"
-    print(f"dpo: {result.steps} steps in {result.seconds:.1f}s; held-out reward accuracy {acc_str} -> {out}")
 
 
 if __name__ == "__main__":

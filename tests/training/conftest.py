@@ -68,7 +68,7 @@ def write_snapshot(out: Path, n_train: int = 16, n_test: int = 8) -> Path:
     from onbrand.runs import sha256_json
 
     out.mkdir(parents=True, exist_ok=True)
-    splits = {"train": toy_records(n_train), "test": toy_records(n_test, offset=1000)}
+    splits = {"train": toy_records(n_train), "test": toy_records(n_test, offset=n_train)}
     for split, rows in splits.items():
         Dataset.from_list(rows, features=features()).to_parquet(str(out / f"{split}.parquet"))
     manifest = {
@@ -104,3 +104,9 @@ def base_args(tiny_model_dir, toy_snapshot, toy_brand, tmp_path):
         "train.tracking.wandb=disabled",
         "train.threads=1",
     ]
+
+
+@pytest.fixture(scope="session")
+def make_records():
+    """``make_records(n, offset)``: toy canonical records (as in the toy snapshot)."""
+    return toy_records

@@ -1,0 +1,125 @@
+"""Supervised fine-tuning of a LoRA adapter on the chosen completions (completion-only loss).
+
+Run::
+
+    onbrand train sft --config configs/sft/demo.yaml [key=value ...]
+    accelerate launch -m onbrand.training.sft --config configs/sft/demo.yaml
+
+Each example is ``[brand system prompt, prompt turns] -> chosen``; examples are packed
+padding-free into rows sharing the system prompt (``onbrand.training.batching``). Loss per
+micro-batch, over its M completion tokens with log-probs from the fused kernel (no full logits)::
+
+    loss = -(1/M) * sum_m log p(t_m | context_m)
+
+SmolLM2's template has no ``{% generation %}`` markers, so the completion mask comes from the
+prompt/completion split (as in TRL's prompt-completion format), not ``assistant_only_loss``.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+from dataclasses import dataclass, field
+
+import torch
+
+from onbrand.config import check_range, load_config, to_dict
+from onbrand.models import DEFAULT_MODEL
+from onbrand.training.common import DataSection, PackedModel, data_tokens, pack, parse_args
+from onbrand.training.loop import TrainConfig, autocast
+from onbrand.training.lora import LoRAConfig
+
+
+@dataclass
+class SFTConfig:
+    model: str = DEFAULT_MODEL
+    init_from: str | None = None  # a previous run whose adapter is merged into the base first
+    out_dir: str = "runs/demo/sft"
+    data: DataSection = field(default_factory=DataSection)
+    lora: LoRAConfig = field(default_factory=LoRAConfig)
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(lr=2e-4))
+    eval_batch_size: int = 16
+
+    def __post_init__(self) -> None:
+        check_range("eval_batch_size", self.eval_batch_size, 1, None)
+
+
+def sft_only(pairs):
+    """Drop the rejected side (SFT trains on prompt -> chosen)."""
+    for p in pairs:
+        p.rejected = []
+    return pairs
+
+
+def nll(model: PackedModel, pairs, tok, cfg: SFTConfig, device) -> tuple[torch.Tensor, int]:
+    batch = pack(pairs, tok, cfg.train, True, device)
+    with autocast(cfg.train.precision, device):
+        logp = model(batch)  # (M,)
+    return -logp.float().sum(), logp.numel()
+
+
+def make_step_fn(tok, cfg: SFTConfig, device):
+    def step_fn(model, pairs):
+        total, n = nll(model, pairs, tok, cfg, device)
+        loss = total / max(n, 1)
+        return loss, {"completion_tokens": float(n)}
+
+    return step_fn
+
+
+@torch.no_grad()
+def evaluate(model: PackedModel, pairs, tok, cfg: SFTConfig, device) -> dict[str, float]:
+    if not pairs:
+        return {}
+    model.eval()
+    total, count = 0.0, 0
+    for i in range(0, len(pairs), cfg.eval_batch_size):
+        s, n = nll(model, pairs[i : i + cfg.eval_batch_size], tok, cfg, device)
+        total, count = total + s.item(), count + n
+    model.train()
+    mean = total / max(count, 1)
+    return {"eval/nll": mean, "eval/perplexity": math.exp(min(mean, 50.0)), "eval/pairs": len(pairs)}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv, "Supervised fine-tuning of a LoRA adapter", "configs/sft/demo.yaml")
+    return train(load_config(SFTConfig, args.config, args.overrides))
+
+
+def train(cfg: SFTConfig) -> int:
+    from onbrand.training.common import finish_run, setup_run
+    from onbrand.training.loop import run_loop
+    from onbrand.training.lora import build_policy
+
+    run = setup_run("sft", cfg, need_rejected=False)
+    acc = run.acc
+    sft_only(run.train)
+    sft_only(run.test)
+    peft_model = build_policy(
+        run.base_model, cfg.lora, parent_adapter=run.parent_adapter,
+        gradient_checkpointing=cfg.train.gradient_checkpointing, pad_token_id=run.tok.pad_token_id,
+    )  # fmt: skip
+    model = PackedModel(peft_model).to(acc.device)
+    wrapped = acc.prepare(model)
+    base_eval = evaluate(model, run.test, run.tok, cfg, acc.device) if run.test else {}
+    result = run_loop(
+        acc, model, wrapped, run.train, cfg.train, run.out, make_step_fn(run.tok, cfg, acc.device),
+        run_name=run.out.name, config_dict=to_dict(cfg), tokens_of=data_tokens,
+    )  # fmt: skip
+    if result.stopped_early:
+        print(
+            f"stopped after step {result.steps} (train.stop_after); rerun the same command to resume",
+            file=sys.stderr,
+        )
+        return 0
+    metrics = evaluate(model, run.test, run.tok, cfg, acc.device)
+    if base_eval:
+        metrics["eval/nll_before"] = base_eval["eval/nll"]
+    if acc.is_main_process:
+        finish_run(run.out, "sft", peft_model, run.parent_adapter, metrics, result)
+    acc.wait_for_everyone()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
