@@ -220,6 +220,60 @@ def _write_lineage(tmp: Path, lineage: list[dict[str, Any]], eval_report: Path |
     return read_json(eval_report)
 
 
+def _prepare(run_dir: Path, out_dir: Path, fmt: str, overwrite: bool) -> dict[str, Any]:
+    """Validate the request and the run; resolve lineage, adapter chain and base (name, dir, hash)."""
+    from onbrand.models import model_hash, resolve_model
+
+    if fmt not in FORMATS:
+        raise ValueError(f"format must be one of {', '.join(FORMATS)}, got {fmt!r}")
+    if out_dir.exists() and not overwrite:
+        raise FileExistsError(f"{out_dir} already exists (pass --overwrite to replace it)")
+    lineage = run_lineage(run_dir)
+    run = lineage[-1]["run"]
+    base_hash = model_hash(run["base_model"])
+    if run.get("base_model_hash") and run["base_model_hash"] != base_hash:
+        raise ValueError(
+            f"{run_dir / 'run.json'}: base_model_hash {run['base_model_hash'][:12]}… does not match "
+            f"{run['base_model']} now ({base_hash[:12]}…): the base changed since training"
+        )
+    return {
+        "lineage": lineage,
+        "run": run,
+        "chain": adapter_chain(lineage),
+        "base_dir": resolve_model(run["base_model"]),
+        "base_hash": base_hash,
+        "quantized": any(is_quantized(s["config"]) for s in lineage),
+    }
+
+
+def _manifest(job: dict[str, Any], fmt: str, parity: dict[str, Any]) -> dict[str, Any]:
+    from onbrand.export_card import snapshot_counts
+
+    run, lineage, env = job["run"], job["lineage"], environment_record()
+    return {
+        "kind": EXPORT_KIND,
+        "format_version": FORMAT_VERSION,
+        "format": fmt,
+        "run_id": run["run_id"],
+        "run_kind": run["kind"],
+        "lineage": [{"run_id": s["run"]["run_id"], "kind": s["run"]["kind"]} for s in lineage],
+        "base_model": {"name": run["base_model"], "hash": job["base_hash"]},
+        "snapshot_id": run.get("snapshot_id"),
+        "snapshot_counts": snapshot_counts(lineage),
+        "brand": run.get("brand"),
+        "system_prompt": run.get("system_prompt"),
+        "merge": {
+            "dtype": "float32",
+            "quantized_training": job["quantized"],
+            "adapters_in_order": len(job["chain"]),
+        },
+        "parity": parity,
+        "onbrand_version": __version__,
+        "git_commit": env["git_commit"],
+        "environment": env,
+    }
+
+
 def export_run(
     run_dir: str | Path,
     out_dir: str | Path,
@@ -234,66 +288,43 @@ def export_run(
     ``fmt``: ``merged`` (full fp32 weights), ``adapter`` (one PEFT LoRA + base name and hash) or ``both``.
     ``eval_report`` defaults to ``<run>/../eval/report.json`` when that exists.
     """
-    import torch
+    from tqdm.auto import tqdm
 
-    from onbrand.export_card import model_card, snapshot_counts
-    from onbrand.models import load_tokenizer, model_hash, resolve_model
+    from onbrand.export_card import model_card
+    from onbrand.models import load_tokenizer
 
-    if fmt not in FORMATS:
-        raise ValueError(f"format must be one of {', '.join(FORMATS)}, got {fmt!r}")
     run_dir, out_dir = reject_dotdot(run_dir, "run dir"), reject_dotdot(out_dir, "output dir")
-    if out_dir.exists() and not overwrite:
-        raise FileExistsError(f"{out_dir} already exists (pass --overwrite to replace it)")
-    lineage = run_lineage(run_dir)
-    run = lineage[-1]["run"]
-    chain = adapter_chain(lineage)
-    base_dir = resolve_model(run["base_model"])
-    base_hash = model_hash(run["base_model"])
-    if run.get("base_model_hash") and run["base_model_hash"] != base_hash:
-        raise ValueError(
-            f"{run_dir / 'run.json'}: base_model_hash {run['base_model_hash'][:12]}… does not match "
-            f"{run['base_model']} now ({base_hash[:12]}…): the base changed since training"
-        )
+    job = _prepare(run_dir, out_dir, fmt, overwrite)
+    base_dir, chain, run = job["base_dir"], job["chain"], job["run"]
     if eval_report is None and (run_dir.parent / "eval" / "report.json").exists():
         eval_report = run_dir.parent / "eval" / "report.json"
-    quantized = any(is_quantized(s["config"]) for s in lineage)
-    torch.manual_seed(0)
+    bar = tqdm(total=4, desc="export: reference logits", unit="step")
     with atomic_dir(out_dir) as tmp:
         prompts = parity_inputs(load_tokenizer(base_dir), run.get("system_prompt"))
         # Reference: base + adapter exactly as eval/vLLM serve it (unmerged LoRA on the fp32 base).
         reference = prompt_logits(base_with_adapters(base_dir, chain, merge_last=False), prompts)
         _write_reference(tmp, prompts, reference)
         parity: dict[str, Any] = {"prompts": [p["messages"] for p in prompts], "dtype": "float32"}
+        bar.update()
+        bar.set_description("export: merge + save weights")
         if fmt in ("merged", "both"):
             merged = _write_merged(tmp, base_dir, chain, max_shard_size)
-            parity["merged_vs_base_plus_adapter_at_export"] = max_abs_diff(
-                prompt_logits(merged, prompts), reference
-            )
+            diff = max_abs_diff(prompt_logits(merged, prompts), reference)
+            parity["merged_vs_base_plus_adapter_at_export"] = diff
             del merged
+        bar.update()
+        bar.set_description("export: adapter + lineage")
         if fmt in ("adapter", "both"):
             _write_adapter(tmp, chain, run["base_model"])
-        report = _write_lineage(tmp, lineage, Path(eval_report) if eval_report else None)
+        report = _write_lineage(tmp, job["lineage"], Path(eval_report) if eval_report else None)
         atomic_write_text(tmp / "system_prompt.txt", run.get("system_prompt") or "")
-        manifest = {
-            "kind": EXPORT_KIND,
-            "format_version": FORMAT_VERSION,
-            "format": fmt,
-            "run_id": run["run_id"],
-            "run_kind": run["kind"],
-            "lineage": [{"run_id": s["run"]["run_id"], "kind": s["run"]["kind"]} for s in lineage],
-            "base_model": {"name": run["base_model"], "hash": base_hash},
-            "snapshot_id": run.get("snapshot_id"),
-            "snapshot_counts": snapshot_counts(lineage),
-            "brand": run.get("brand"),
-            "system_prompt": run.get("system_prompt"),
-            "merge": {"dtype": "float32", "quantized_training": quantized, "adapters_in_order": len(chain)},
-            "parity": parity,
-            "onbrand_version": __version__,
-            "git_commit": environment_record()["git_commit"],
-            "environment": environment_record(),
-        }
-        atomic_write_text(tmp / "MODEL_CARD.md", model_card(manifest, lineage, report))
+        bar.update()
+        bar.set_description("export: card + manifest")
+        manifest = _manifest(job, fmt, parity)
+        atomic_write_text(tmp / "MODEL_CARD.md", model_card(manifest, job["lineage"], report))
         _write_manifest(tmp, manifest)
+        bar.update()
+    bar.close()
     return out_dir
 
 
