@@ -201,6 +201,25 @@ def _logprob_metrics(cfg, aligned, ps, chats, al_gen, card, m) -> None:
     m.setdefault("timings", {})["logprob_s"] = round(time.perf_counter() - t0, 1)
 
 
+def flatten_samples(ps: PromptSet, chats, base_gen, al_gen):
+    """With ``n`` samples per prompt, sample ``j`` of base is paired with sample ``j`` of aligned and
+    each pair becomes one row (ids ``<id>#j``): every metric then averages over all samples."""
+    from dataclasses import replace
+
+    from onbrand.eval.engines import Generation
+
+    def split(g):
+        return [Generation(f"{g.request_id}#{j}", g.adapter, [t], [ids], g.finish_reasons[j : j + 1], g.prompt_tokens)
+                for j, (t, ids) in enumerate(zip(g.texts, g.token_ids))]  # fmt: skip
+
+    rows = [(i, j) for i, g in enumerate(base_gen) for j in range(len(g.texts))]
+    ps = replace(ps, ids=[f"{ps.ids[i]}#{j}" for i, j in rows], prompts=[ps.prompts[i] for i, _ in rows],
+                 channels=[ps.channels[i] for i, _ in rows])  # fmt: skip
+    base = [s for g in base_gen for s in split(g)]
+    aligned = [s for g in al_gen for s in split(g)]
+    return ps, [chats[i] for i, _ in rows], base, aligned
+
+
 def run_eval(cfg: EvalConfig, scorer=None, embedder=None) -> dict[str, Any]:
     """Run the whole eval stage; returns the report dict (also written to ``cfg.out_dir``).
 
@@ -233,6 +252,8 @@ def run_eval(cfg: EvalConfig, scorer=None, embedder=None) -> dict[str, Any]:
     base_gen, al_gen, engine_kind = generate_both(cfg, aligned, chats)
     gen_s = time.perf_counter() - t_gen
     _log(f"generated with {engine_kind} in {gen_s:.1f}s; scoring")
+    if cfg.sampling.n > 1:
+        ps, chats, base_gen, al_gen = flatten_samples(ps, chats, base_gen, al_gen)
     metrics = score_all(cfg, aligned, ps, chats, base_gen, al_gen, card, scorer, embedder, warnings)
     metrics.setdefault("timings", {}).update(
         generate_s=round(gen_s, 1), total_s=round(time.perf_counter() - t0, 1)

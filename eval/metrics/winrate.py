@@ -17,7 +17,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from onbrand.eval.metrics.stats import Estimate, bootstrap, mean_ci
+from onbrand.eval.metrics.stats import bootstrap, mean_ci
 
 
 class Scorer(Protocol):
@@ -109,7 +109,3 @@ def score_pairs(scorer: Scorer, prompts, aligned_texts, base_texts) -> tuple[lis
             f"reward scorer returned {len(a)}/{len(b)} scores for {len(aligned_texts)} responses"
         )
     return [float(x) for x in a], [float(x) for x in b]
-
-
-def summarize(values) -> Estimate:
-    return mean_ci(values)

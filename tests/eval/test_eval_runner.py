@@ -192,3 +192,19 @@ def test_real_minilm_voice_similarity():
     ex = ["Thanks for asking. The Dawn lamp brightens gently over thirty minutes before your alarm."]
     s = similarities(emb, [ex[0], "Quarterly tax filings are due in April."], [None, None], ex)
     assert s[0] == pytest.approx(1.0, abs=1e-4) and s[1] < 0.4
+
+
+def test_flatten_samples_pairs_sample_j_with_sample_j():
+    from onbrand.eval.engines import Generation
+    from onbrand.eval.inputs import PromptSet
+    from onbrand.eval.runner import flatten_samples
+
+    ps = PromptSet(
+        ["a", "b"], [[{"role": "user", "content": "x"}], [{"role": "user", "content": "y"}]], ["c1", None]
+    )
+    gen = lambda tag: [Generation(f"{tag}{i}", None, [f"{tag}{i}s0", f"{tag}{i}s1"], [[1], [2, 3]], ["stop", "length"])  # noqa: E731
+                       for i in range(2)]  # fmt: skip
+    ps2, chats, base, al = flatten_samples(ps, ps.prompts, gen("b"), gen("a"))
+    assert ps2.ids == ["a#0", "a#1", "b#0", "b#1"] and ps2.channels == ["c1", "c1", None, None]
+    assert [g.text for g in base] == ["b0s0", "b0s1", "b1s0", "b1s1"] and [g.text for g in al][1] == "a0s1"
+    assert base[1].token_ids == [[2, 3]] and base[1].finish_reasons == ["length"] and len(chats) == 4
