@@ -150,7 +150,13 @@ def _limitations(manifest: dict[str, Any], counts: Any) -> list[str]:
             "differ slightly from a 4-bit base + adapter."
         )
     train = (counts or {}).get("train")
-    total = train if isinstance(train, int) else train.get("total") if isinstance(train, dict) else None
+    total = (
+        train
+        if isinstance(train, int)
+        else (train.get("pairs") or train.get("total"))
+        if isinstance(train, dict)
+        else None
+    )
     if isinstance(total, int) and total < 1000:
         out.append(f"- Small training set ({total} preference pairs): expect narrow coverage.")
     return [line + "\n" if i == len(out) - 1 else line for i, line in enumerate(out)]
