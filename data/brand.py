@@ -172,11 +172,10 @@ class BrandCard:
     # ------------------------------------------------------------------ rules
     def check(self, text: str, channel: str | None = None) -> list[RuleCheck]:
         """One RuleCheck per applicable rule. Channel-bound rules without a trigger (and length
-        limits) only apply when ``channel`` is given."""
+        limits) only apply when ``channel`` is one of the card's channels; any other channel
+        (or None) gets the channel-independent rules only (the data report lists such channels)."""
         if channel is not None and channel not in self.channels:
-            raise ValueError(
-                f"unknown channel {channel!r} for brand {self.id}; channels: {sorted(self.channels)}"
-            )
+            channel = None
         out: list[RuleCheck] = []
         for rule in self.banned:
             if rule.channels and channel not in rule.channels:

@@ -93,7 +93,7 @@ def banned_in_chosen(records: list[dict[str, Any]], card) -> dict[str, Any]:
     """Banned phrase/claim hits in chosen texts (each one contradicts the brand card)."""
     hits, by_rule = [], Counter()
     for r in records:
-        channel = r.get("channel") if r.get("channel") in card.channels else None
+        channel = r.get("channel")
         for chk in card.banned_hits(_text(r["chosen"]), channel):
             by_rule[chk.rule_id] += 1
             hits.append({"id": r["id"], "rule": chk.rule_id, "detail": chk.detail})
@@ -104,7 +104,7 @@ def rejected_rule_failures(records: list[dict[str, Any]], card) -> dict[str, Any
     """How often rejected texts fail card checks (should be most of them for brand-aligned data)."""
     by_rule, failing = Counter(), 0
     for r in records:
-        channel = r.get("channel") if r.get("channel") in card.channels else None
+        channel = r.get("channel")
         failed = [c.rule_id for c in card.check(_text(r["rejected"]), channel) if not c.passed]
         failing += bool(failed)
         by_rule.update(failed)
@@ -152,6 +152,10 @@ def build_report(snapshot: str | Path, card=None) -> tuple[dict[str, Any], dict[
         "tokenization": manifest.get("tokenization"),
     }
     if card is not None:
+        unknown = Counter(
+            r["channel"] for r in every if r.get("channel") and r["channel"] not in card.channels
+        )
+        rep["channels_not_in_card"] = dict(unknown)
         rep["banned_in_chosen"] = banned_in_chosen(every, card)
         rep["rejected_rule_failures"] = rejected_rule_failures(every, card)
     return rep, splits, token_lengths
@@ -234,6 +238,12 @@ def render_markdown(rep: dict[str, Any]) -> str:
         ]
         for ex in b["examples"]:
             lines.append(f"- `{ex['id'][:12]}` {_md_escape(ex['rule'])}: {_md_escape(ex['detail'])}")
+        if rep["channels_not_in_card"]:
+            lines += [
+                "Channels the brand card does not define (only channel-independent rules checked): "
+                + ", ".join(f"{_md_escape(k)} ({v})" for k, v in rep["channels_not_in_card"].items()),
+                "",
+            ]
         rf = rep["rejected_rule_failures"]
         lines += [
             f"Rejected completions failing at least one card rule: {rf['share_failing']:.1%}.",

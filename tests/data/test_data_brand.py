@@ -91,12 +91,12 @@ def test_on_brand_text_passes_everything(card):
     assert card.banned_hits(text, "complaint_reply") == []
 
 
-def test_channel_rules_need_a_channel_and_unknown_channel_is_an_error(card):
+def test_channel_rules_need_a_known_channel(card):
     checks = card.check("Reply with your order number.")
     assert "complaint_apology" not in {c.rule_id for c in checks}
     assert not any(c.kind == "length_limit" for c in checks)
-    with pytest.raises(ValueError, match="unknown channel 'fax'"):
-        card.check("hello", "fax")
+    text = "Reply with your order number. It is 100% guaranteed."
+    assert card.check(text, "fax") == card.check(text, None)  # unknown channel: channel-free rules
 
 
 @pytest.mark.parametrize(
