@@ -305,9 +305,22 @@ def plot(results: dict, path: Path) -> None:
     fig.savefig(path, dpi=100)
 
 
+def write(results: dict, command: str, meta: dict) -> None:
+    from onbrand.runs import atomic_write_json, atomic_write_text
+
+    targets = check_targets(results)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(
+        RESULTS / "kernels.json", dict(machine=meta, command=command, results=results, targets=targets)
+    )
+    atomic_write_text(RESULTS / "kernels.md", markdown(results, targets, command, meta))
+    plot(results, RESULTS / "kernels.png")
+    print(f"wrote {RESULTS.relative_to(REPO)}/kernels.{{json,md,png}}", flush=True)
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--shapes", default="4x256,4x1024,large-vocab-4x64", help=f"comma list of {list(SHAPES)}")
+    p.add_argument("--shapes", default="4x1024,4x256,large-vocab-4x64", help=f"comma list of {list(SHAPES)}")
     p.add_argument("--modes", default=",".join(MODES))
     p.add_argument("--variants", default=",".join(VARIANTS))
     p.add_argument("--repeats", type=int, default=5)
@@ -333,6 +346,9 @@ def main(argv=None) -> int:
         if argv is None and len(sys.argv) == 1
         else " " + " ".join(argv if argv is not None else sys.argv[1:])
     )
+    cpu = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines() if ln.startswith("model name")), platform.processor())  # fmt: skip
+    meta = dict(cpu=cpu, cpu_count=os.cpu_count(), platform=platform.platform(), python=platform.python_version(),
+                torch=torch.__version__, torch_threads=args.threads, repeats=args.repeats, gpu="not measured on GPU")  # fmt: skip
     results = {}
     for shape in shapes:
         for mode in modes:
@@ -344,29 +360,9 @@ def main(argv=None) -> int:
             print(
                 f"{shape}/{mode}: " + ", ".join(f"{v} {r[v]['median_s']:.2f}s" for v in variants), flush=True
             )
-    targets = check_targets(results)
-    cpu = next(
-        (
-            ln.split(":", 1)[1].strip()
-            for ln in Path("/proc/cpuinfo").read_text().splitlines()
-            if ln.startswith("model name")
-        ),
-        platform.processor(),
-    )
-    meta = dict(cpu=cpu, cpu_count=os.cpu_count(), platform=platform.platform(), python=platform.python_version(),
-                torch=torch.__version__, torch_threads=args.threads, repeats=args.repeats, gpu="not measured on GPU")  # fmt: skip
-    md = markdown(results, targets, command, meta)
-    print(md)
-    if not args.no_write:
-        from onbrand.runs import atomic_write_json, atomic_write_text
-
-        RESULTS.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(
-            RESULTS / "kernels.json", dict(machine=meta, command=command, results=results, targets=targets)
-        )
-        atomic_write_text(RESULTS / "kernels.md", md)
-        plot(results, RESULTS / "kernels.png")
-        print(f"wrote {RESULTS.relative_to(REPO)}/kernels.{{json,md,png}}")
+            if not args.no_write:  # after every shape, so a long run that is stopped keeps what it measured
+                write(results, command, meta)
+    print(markdown(results, check_targets(results), command, meta))
     return 0
 
 
