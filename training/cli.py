@@ -13,6 +13,7 @@ RECIPES = {
     "sft": ("supervised fine-tuning of a LoRA adapter on the chosen answers", "configs/sft/demo.yaml"),
     "dpo": ("DPO-family preference optimisation (sigmoid, ipo, hinge, robust, sigmoid_norm, simpo, orpo)", "configs/dpo/demo.yaml"),
     "reward": ("Bradley-Terry reward model (LoRA + score head)", "configs/reward/demo.yaml"),
+    "rl": ("online RL (GRPO/RLOO) against the reward model and brand rules, KL control, Goodhart monitor", "configs/rl/demo.yaml"),
 }  # fmt: skip
 
 
