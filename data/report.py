@@ -196,7 +196,8 @@ def _md_escape(text: str) -> str:
     return html.escape(str(text)).replace("|", "\\|")
 
 
-def render_markdown(rep: dict[str, Any]) -> str:
+def _md_length(rep: dict[str, Any]) -> list[str]:
+    """Title and the length-bias section."""
     lb = rep["length_bias"]["all"]
     share = lb.get("chosen_longer_share_tokens", lb.get("chosen_longer_share_chars", 0.0))
     lines = [
@@ -226,6 +227,12 @@ def render_markdown(rep: dict[str, Any]) -> str:
             f"{v.get('chosen_longer_share_chars', 0):.1%} |"
         )
     lines += ["", "![length distributions](lengths.png)", ""]
+    return lines
+
+
+def _md_brand(rep: dict[str, Any]) -> list[str]:
+    """Brand card checks: banned hits in chosen, rule failures of rejected."""
+    lines: list[str] = []
     if "banned_in_chosen" in rep:
         b = rep["banned_in_chosen"]
         lines += [
@@ -253,6 +260,12 @@ def render_markdown(rep: dict[str, Any]) -> str:
         ]
         lines += [f"| {_md_escape(k)} | {v} |" for k, v in rf["by_rule"].items()]
         lines.append("")
+    return lines
+
+
+def _md_duplicates_agreement(rep: dict[str, Any]) -> list[str]:
+    """Exact/near duplicates, annotator counts and agreement."""
+    lines: list[str] = []
     nd = rep["near_duplicates"]
     lines += [
         "## Duplicates",
@@ -278,6 +291,12 @@ def render_markdown(rep: dict[str, Any]) -> str:
             for k in ag["cohen_kappa"]
         ]
         lines.append("")
+    return lines
+
+
+def _md_channels_import(rep: dict[str, Any]) -> list[str]:
+    """Channel balance per split and the import/quarantine counts."""
+    lines: list[str] = []
     chans = sorted({c for v in rep["channel_balance"].values() for c in v})
     splits = list(rep["channel_balance"])
     lines += [
@@ -304,6 +323,12 @@ def render_markdown(rep: dict[str, Any]) -> str:
     if rep["quarantined_by_reason"]:
         lines += ["| reason (not in the snapshot) | rows |", "|---|---|"]
         lines += [f"| {_md_escape(k)} | {v} |" for k, v in rep["quarantined_by_reason"].items()]
+    return lines
+
+
+def _md_tokenization(rep: dict[str, Any]) -> list[str]:
+    """Token-length table and truncation figures."""
+    lines: list[str] = []
     tok = rep.get("tokenization")
     if tok:
         t = tok["tokens"]
@@ -319,6 +344,14 @@ def render_markdown(rep: dict[str, Any]) -> str:
             "|---|---|---|---|---|",
         ]
         lines += [f"| {k} | {v['min']} | {v['p50']} | {v['p95']} | {v['max']} |" for k, v in t.items()]
+    return lines
+
+
+def render_markdown(rep: dict[str, Any]) -> str:
+    """The report as Markdown (user text is HTML-escaped)."""
+    lines: list[str] = []
+    for section in (_md_length, _md_brand, _md_duplicates_agreement, _md_channels_import, _md_tokenization):
+        lines += section(rep)
     return "\n".join(lines) + "\n"
 
 
