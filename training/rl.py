@@ -451,13 +451,5 @@ def finish(out: Path, peft_model, parent_adapter, result, state, stopped, monito
           f"{len(monitor.warnings)} Goodhart warning(s) -> {out}")  # fmt: skip
 
 
-def register_train(train_sub) -> None:
-    """Add ``rl`` to the ``onbrand train`` subcommands (called from ``training/cli.py``)."""
-    p = train_sub.add_parser("rl", help="online RL (GRPO/RLOO) against the reward model and brand rules")
-    p.add_argument("--config", default="configs/rl/demo.yaml")
-    p.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. rl.beta=0.1")
-    p.set_defaults(func=lambda a: main(["--config", a.config, *a.overrides]))
-
-
 if __name__ == "__main__":
     sys.exit(main())
