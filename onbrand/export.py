@@ -6,7 +6,7 @@ Layout of ``<out>/`` (``--format both`` has both parts)::
     tokenizer.json, tokenizer_config.json, chat_template.jinja, generation_config.json
     adapter/adapter_config.json, adapter/adapter_model.safetensors   ONE PEFT LoRA on the base
     parity/reference.safetensors   base+adapter logits on fixed prompts (what verify compares to)
-    training/<kind>.run.json, training/<kind>.config.yaml            lineage of every stage
+    training/<n>-<kind>.run.json, training/<n>-<kind>.config.yaml    lineage, stage by stage
     eval/report.json               the eval report, when there is one
     system_prompt.txt, MODEL_CARD.md, manifest.json
 
@@ -207,17 +207,25 @@ def _write_merged(tmp: Path, base_dir: Path, chain: list[Path], max_shard_size: 
 
 
 def _write_lineage(tmp: Path, lineage: list[dict[str, Any]], eval_report: Path | None) -> dict | None:
+    """Copy each stage's run.json/config.yaml (``training/<n>-<kind>.*``) and the eval report.
+
+    A report that names a different aligned run is not included (returned as ``{"excluded": why}``).
+    """
     (tmp / "training").mkdir()
-    for stage in lineage:
-        name = f"{stage['run']['kind']}"
+    for i, stage in enumerate(lineage, start=1):
+        name = f"{i}-{stage['run']['kind']}"
         shutil.copy(stage["dir"] / "run.json", tmp / "training" / f"{name}.run.json")
         if (stage["dir"] / "config.yaml").exists():
             shutil.copy(stage["dir"] / "config.yaml", tmp / "training" / f"{name}.config.yaml")
     if eval_report is None or not eval_report.exists():
         return None
+    report = read_json(eval_report)
+    evaluated = ((report.get("inputs") or {}).get("aligned") or {}).get("run_id")
+    if evaluated and evaluated != lineage[-1]["run"]["run_id"]:
+        return {"excluded": f"{eval_report} evaluates run {evaluated}, not {lineage[-1]['run']['run_id']}"}
     (tmp / "eval").mkdir()
     shutil.copy(eval_report, tmp / "eval" / "report.json")
-    return read_json(eval_report)
+    return report
 
 
 def _prepare(run_dir: Path, out_dir: Path, fmt: str, overwrite: bool) -> dict[str, Any]:

@@ -62,17 +62,27 @@ def _flat_numbers(obj: Any, prefix: str = "", depth: int = 0) -> list[tuple[str,
 
 
 def eval_summary(report: dict[str, Any] | None, limit: int = 24) -> str:
-    """Markdown table of the report's ``summary`` (or top-level) numbers; a note when there is none."""
+    """The eval report's verdict and per-metric rows (onbrand.eval's report.json), else its numbers."""
     if not report:
         return "No eval report was found for this run (looked for `<run>/../eval/report.json`).\n"
-    rows = _flat_numbers(report.get("summary", report))
-    if not rows:
+    if "excluded" in report:
+        return f"No eval report included: {_md_escape(report['excluded'])}.\n"
+    rows = report.get("verdict_rows")
+    if isinstance(rows, list) and rows:
+        lines = [f"{_md_escape(report.get('verdict', ''))}\n", "| metric | base | aligned | detail | better |",
+                 "|---|---|---|---|---|"]  # fmt: skip
+        for r in rows[:limit]:
+            cells = [r.get(k, "") for k in ("metric", "base", "aligned", "delta", "better")]
+            lines.append("| " + " | ".join(_md_escape(c) for c in cells) + " |")
+        return "\n".join(lines) + "\n\nFull report: `eval/report.json`.\n"
+    numbers = _flat_numbers(report.get("summary", report))
+    if not numbers:
         return "An eval report is included (`eval/report.json`) but holds no numeric summary.\n"
     lines = ["| metric | value |", "|---|---|"]
-    for name, value in rows[:limit]:
+    for name, value in numbers[:limit]:
         shown = f"{value:.4g}" if isinstance(value, float) else str(value)
         lines.append(f"| `{name}` | {shown} |")
-    more = f"\n({len(rows) - limit} more in `eval/report.json`)\n" if len(rows) > limit else "\n"
+    more = f"\n({len(numbers) - limit} more in `eval/report.json`)\n" if len(numbers) > limit else "\n"
     return "\n".join(lines) + "\n" + more
 
 

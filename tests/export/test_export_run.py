@@ -141,3 +141,29 @@ def test_bad_runs_refused(runs, tmp_path):
     (bad / "run.json").write_text(json.dumps(run))
     with pytest.raises(ValueError, match="base changed since training"):
         export_run(bad, tmp_path / "z")
+
+
+def test_card_uses_eval_verdict_and_skips_other_runs_report(runs, tmp_path):
+    root = tmp_path / "r"
+    shutil.copytree(runs["sft"], root / "sft")
+    (root / "eval").mkdir()
+    rows = [
+        {
+            "metric": "Brand compliance",
+            "base": "0.41",
+            "aligned": "0.77",
+            "delta": "+0.36",
+            "better": "aligned",
+        }
+    ]
+    report = {"verdict": "Aligned is better on 1 of 1 metrics", "verdict_rows": rows,
+              "inputs": {"aligned": {"run_id": "sft-sft"}}}  # fmt: skip
+    (root / "eval" / "report.json").write_text(json.dumps(report))
+    card = (export_run(root / "sft", tmp_path / "e1", "adapter") / "MODEL_CARD.md").read_text()
+    assert "| Brand compliance | 0.41 | 0.77 | +0.36 | aligned |" in card and "Aligned is better" in card
+    report["inputs"]["aligned"]["run_id"] = "dpo-somethingelse"
+    (root / "eval" / "report.json").write_text(json.dumps(report))
+    out = export_run(root / "sft", tmp_path / "e2", "adapter")
+    assert "evaluates run dpo-somethingelse" in (out / "MODEL_CARD.md").read_text()
+    assert not (out / "eval").exists()
+    assert (out / "training" / "1-sft.run.json").exists()
