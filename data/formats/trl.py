@@ -29,6 +29,15 @@ def split_shared_prefix(chosen: list[Any], rejected: list[Any]) -> tuple[list, l
 
 def convert(obj: dict[str, Any]) -> dict[str, Any]:
     out = {k: obj[k] for k in META if k in obj}
+    c = obj.get("chosen")
+    if (
+        isinstance(obj.get("prompt"), str)
+        and isinstance(c, list)
+        and c
+        and isinstance(c[0], dict)
+        and c[0].get("role") == "user"
+    ):
+        obj = {k: v for k, v in obj.items() if k != "prompt"}  # prompt string + full conversations
     if "prompt" in obj:
         out.update(prompt=obj["prompt"], chosen=obj.get("chosen"), rejected=obj.get("rejected"))
         for k in ("chosen", "rejected"):

@@ -63,6 +63,14 @@ def test_trl_conversational_and_implicit_prompt(tmp_path):
     assert stats.formats == {"trl": 3} and stats.accepted == 3 and stats.read == 3
 
 
+def test_prompt_string_with_full_conversations(tmp_path):
+    path = _jsonl(
+        tmp_path, "mixed.jsonl", [{"prompt": U["content"], "chosen": [U, A_GOOD], "rejected": [U, A_BAD]}]
+    )
+    (rec,) = _only_records(iter_file(path))
+    _expect_simple(rec)
+
+
 def test_standard_explicit_and_implicit(tmp_path):
     path = _jsonl(
         tmp_path,

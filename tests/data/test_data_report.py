@@ -65,7 +65,7 @@ def test_near_duplicates_found_and_distinct_texts_not():
 
 
 def test_agreement_votes_kappa_matches_sklearn_and_alpha_matches_krippendorff():
-    from sklearn.metrics import cohen_kappa_score
+    cohen_kappa_score = pytest.importorskip("sklearn.metrics").cohen_kappa_score
 
     from onbrand.annotate.agreement import agreement_report, krippendorff_alpha
 
