@@ -142,3 +142,19 @@ def test_rl_bad_config_names_the_key(rl_args):
         rl.main(["--config", CONFIG, *rl_args, "rollout.num_generations=1"])
     with pytest.raises(ConfigError, match="needs pattern"):
         rl.main(["--config", CONFIG, *rl_args, "rewards=[{kind: regex}]"])
+
+
+def test_rl_goodhart_stop_saves_the_adapter(rl_args, tmp_path):
+    """Reward rises (the "!" goes away) while KL passes a tiny bound: the monitor stops the run."""
+    args = [
+        *rl_args, "train.max_steps=8", "train.lr=3e-2", "goodhart.window=1", "goodhart.kl_max=1e-4",
+        "goodhart.stop=true", "goodhart.patience=1", *TOY,
+    ]  # fmt: skip
+    assert rl.main(["--config", CONFIG, *args]) == 0
+    out = tmp_path / "rl"
+    run = json.loads((out / "run.json").read_text())
+    assert run["final"]["goodhart_stop"] and "KL" in run["final"]["goodhart_stop"]
+    assert run["final"]["steps"] < 8
+    warnings = [json.loads(x) for x in (out / "goodhart.jsonl").read_text().splitlines()]
+    assert warnings and warnings[0]["reward_gain"] > 0 and warnings[0]["kl"] > 1e-4
+    assert (out / "adapter" / "adapter_config.json").exists()
