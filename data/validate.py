@@ -1,6 +1,7 @@
 """Streaming import with validation that is never silent.
 
-``iter_file(path)`` reads one file line by line (CSV through the ``csv`` module), converts each row
+``iter_file(path)`` reads one file line by line (JSONL; CSV/TSV through the ``csv`` module; either
+may be gzip-compressed; Parquet in record batches), converts each row
 from its source format to a canonical record, and yields either the record or a
 :class:`Quarantined` entry naming file, line, field and reason. ``ImportStats`` keeps the counts
 (read = accepted + quarantined, duplicates included as reason ``duplicate``). Memory stays bounded:
@@ -108,7 +109,7 @@ def convert_row(obj: Any, fmt: str, source: dict[str, Any], max_chars: int) -> t
 def _jsonl_rows(path: Path, display: str, max_chars: int) -> Iterator[tuple[int, Any, Quarantined | None]]:
     """Yield (line number, parsed object or None, problem or None), one line at a time."""
     cap = max_chars * 4 + 4096  # bytes: UTF-8 is at most 4 bytes a character, plus JSON syntax
-    with open(path, "rb") as f:
+    with _open_binary(path) as f:
         for n, raw in enumerate(f, start=1):
             if len(raw) > cap:
                 yield n, None, Quarantined(display, n, "too_large", "", f"line of {len(raw)} bytes > cap", "")
@@ -136,6 +137,24 @@ def _jsonl_rows(path: Path, display: str, max_chars: int) -> Iterator[tuple[int,
                 )
 
 
+def _open_binary(path: Path):
+    """Plain or gzip-compressed (``.gz``), read as a binary stream either way."""
+    import gzip
+
+    return gzip.open(path, "rb") if path.suffix.lower() == ".gz" else open(path, "rb")
+
+
+def _parquet_rows(path: Path, display: str, max_chars: int) -> Iterator[tuple[int, Any, Quarantined | None]]:
+    """Parquet (e.g. a Hub dataset's files), streamed in record batches; "line" = 1-based row number."""
+    import pyarrow.parquet as pq
+
+    n = 0
+    for batch in pq.ParquetFile(path).iter_batches(batch_size=512):
+        for row in batch.to_pylist():
+            n += 1
+            yield n, row, None
+
+
 def _decoded_lines(f: io.BufferedReader, bad: set[int]) -> Iterator[str]:
     for n, raw in enumerate(f, start=1):
         try:
@@ -150,8 +169,10 @@ def _csv_rows(path: Path, display: str, max_chars: int) -> Iterator[tuple[int, A
     reason_tags, created_at]); list cells are ';'-separated. Quoted multi-line cells are fine."""
     csv.field_size_limit(max(max_chars * 4, 131072))
     bad: set[int] = set()
-    with open(path, "rb") as f:
-        reader = csv.reader(_decoded_lines(f, bad), delimiter="\t" if path.suffix == ".tsv" else ",")
+    with _open_binary(path) as f:
+        reader = csv.reader(
+            _decoded_lines(f, bad), delimiter="\t" if ".tsv" in [x.lower() for x in path.suffixes] else ","
+        )
         header: list[str] | None = None
         last = 0
         for row in reader:
@@ -205,8 +226,14 @@ def iter_file(
     display = display or str(path)
     stats = stats if stats is not None else ImportStats()
     per_file = stats.files.setdefault(display, {"read": 0, "accepted": 0, "quarantined": 0})
-    is_csv = fmt == "csv" or (fmt == "auto" and path.suffix.lower() in CSV_SUFFIXES)
-    rows = _csv_rows(path, display, max_chars) if is_csv else _jsonl_rows(path, display, max_chars)
+    suffixes = [x.lower() for x in path.suffixes[-2:]]
+    is_csv = fmt == "csv" or (fmt == "auto" and any(x in CSV_SUFFIXES for x in suffixes))
+    if ".parquet" in suffixes:
+        rows = _parquet_rows(path, display, max_chars)
+    elif is_csv:
+        rows = _csv_rows(path, display, max_chars)
+    else:
+        rows = _jsonl_rows(path, display, max_chars)
     for line, obj, problem in rows:
         stats.read += 1
         per_file["read"] += 1

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 
 import pytest
@@ -180,3 +181,27 @@ def test_forced_format_is_honoured(tmp_path, fmt):
     (rec,) = _only_records(import_files([path], fmt=fmt, stats=stats))
     _expect_simple(rec)
     assert stats.formats == {fmt: 1}
+
+
+def test_parquet_and_gzip_inputs_stream(tmp_path):
+    import gzip
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rows = [
+        {"prompt": [U], "chosen": [A_GOOD], "rejected": [A_BAD]},
+        {"prompt": [U], "chosen": [A_GOOD], "rejected": [{"role": "assistant", "content": " "}]},
+    ]
+    pq.write_table(pa.Table.from_pylist(rows), tmp_path / "x.parquet")
+    items = list(iter_file(tmp_path / "x.parquet"))
+    _expect_simple(items[0])
+    assert isinstance(items[1], Quarantined) and (items[1].line, items[1].reason) == (2, "empty_text")
+    with gzip.open(tmp_path / "x.jsonl.gz", "wt") as f:
+        f.write(json.dumps(rows[0]) + "\n")
+    with gzip.open(tmp_path / "x.csv.gz", "wt", newline="") as f:
+        w = csv.writer(f)
+        w.writerows([["prompt", "chosen", "rejected"], [U["content"], A_GOOD["content"], A_BAD["content"]]])
+    for name in ("x.jsonl.gz", "x.csv.gz"):
+        (rec,) = _only_records(iter_file(tmp_path / name))
+        _expect_simple(rec)
