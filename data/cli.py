@@ -42,7 +42,9 @@ def _brand_id(args, cfg) -> str | None:
     from onbrand.data.brand import load_brand
     from onbrand.data.snapshot import resolve_input
 
-    path = args.brand or cfg.brand
+    # Files named on the command line get a brand only from --brand; the config's card applies to
+    # the config's own inputs (so importing another brand's file never stamps it "aurora").
+    path = args.brand or (None if args.files else cfg.brand)
     return load_brand(resolve_input(path)).id if path else None
 
 
