@@ -279,9 +279,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--brand", default="aurora")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--created", default="2026-11-20", help="date stamped on created_at")
+    p.add_argument("--out", help="output folder (default: data/brands/<brand>, next to the bank)")
     args = p.parse_args(argv)
-    out = REPO / "data" / "brands" / args.brand
-    bank = yaml.safe_load((out / "bank.yaml").read_text())
+    src = REPO / "data" / "brands" / args.brand
+    out = Path(args.out) if args.out else src
+    bank = yaml.safe_load((src / "bank.yaml").read_text())
     card = load_brand(REPO / "configs" / "brands" / f"{args.brand}.yaml")
     rng = random.Random(args.seed)
     build = bank["build"]

@@ -127,3 +127,21 @@ def test_every_shipped_card_loads():
     for path in cards:
         c = load_brand(path)
         assert c.system_prompt() and c.channels and c.banned
+
+
+@pytest.mark.parametrize("brand", ["aurora", "ember"])
+def test_bundled_data_is_what_the_generator_builds(tmp_path, brand):
+    """docs/data.md says how the demo data was built: rebuilding it gives the shipped bytes."""
+    import subprocess
+    import sys
+
+    script = REPO / "scripts" / "build_demo_data.py"
+    subprocess.run(
+        [sys.executable, str(script), "--brand", brand, "--out", str(tmp_path)],
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
+    shipped = REPO / "data" / "brands" / brand
+    built = sorted(p.name for p in tmp_path.iterdir())
+    assert built and all((shipped / name).read_bytes() == (tmp_path / name).read_bytes() for name in built)
