@@ -48,6 +48,7 @@ class TrainConfig:
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
     gradient_checkpointing: bool = False
     seed: int = 0
+    shuffle: bool = True  # False: dataset order (to compare step by step with another trainer)
     threads: int = 0  # torch intra-op threads (0 = torch default)
     log_every: int = 1
     save_every: int = 0  # checkpoint every N steps (0 = only at the end)
@@ -95,12 +96,12 @@ def make_accelerator():
     return Accelerator(cpu=not torch.cuda.is_available())
 
 
-def batch_indices(n: int, batch: int, seed: int, step: int) -> list[int]:
+def batch_indices(n: int, batch: int, seed: int, step: int, shuffle: bool = True) -> list[int]:
     """Global pair indices of optimizer step ``step``: a seeded permutation per epoch."""
     per_epoch = n // batch
     epoch, k = divmod(step, per_epoch)
     g = torch.Generator().manual_seed(seed * 100_003 + epoch)
-    perm = torch.randperm(n, generator=g).tolist()
+    perm = torch.randperm(n, generator=g).tolist() if shuffle else list(range(n))
     return perm[k * batch : (k + 1) * batch]
 
 
@@ -174,7 +175,7 @@ def run_loop(
     try:
         for step in range(start + 1, total + 1):
             t0 = time.perf_counter()
-            idx = batch_indices(len(train), cfg.batch_size, cfg.seed, step - 1)
+            idx = batch_indices(len(train), cfg.batch_size, cfg.seed, step - 1, cfg.shuffle)
             mine = [train[i] for i in idx[rank * per_rank : (rank + 1) * per_rank]]
             chunks = [mine[i : i + micro] for i in range(0, len(mine), micro)]
             sums: dict[str, float] = {}

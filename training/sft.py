@@ -39,6 +39,7 @@ class SFTConfig:
     lora: LoRAConfig = field(default_factory=LoRAConfig)
     train: TrainConfig = field(default_factory=lambda: TrainConfig(lr=2e-4))
     eval_batch_size: int = 16
+    eval_before: bool = True  # also measure the held-out NLL before training (one more pass)
 
     def __post_init__(self) -> None:
         check_range("eval_batch_size", self.eval_batch_size, 1, None)
@@ -101,7 +102,7 @@ def train(cfg: SFTConfig) -> int:
     )  # fmt: skip
     model = PackedModel(peft_model).to(acc.device)
     wrapped = acc.prepare(model)
-    base_eval = evaluate(model, run.test, run.tok, cfg, acc.device) if run.test else {}
+    base_eval = evaluate(model, run.test, run.tok, cfg, acc.device) if run.test and cfg.eval_before else {}
     result = run_loop(
         acc, model, wrapped, run.train, cfg.train, run.out, make_step_fn(run.tok, cfg, acc.device),
         run_name=run.out.name, config_dict=to_dict(cfg), tokens_of=data_tokens,
