@@ -158,3 +158,21 @@ def test_rl_goodhart_stop_saves_the_adapter(rl_args, tmp_path):
     warnings = [json.loads(x) for x in (out / "goodhart.jsonl").read_text().splitlines()]
     assert warnings and warnings[0]["reward_gain"] > 0 and warnings[0]["kl"] > 1e-4
     assert (out / "adapter" / "adapter_config.json").exists()
+
+
+@pytest.mark.slow
+def test_rl_two_process_ddp(rl_args, tmp_path):
+    """``accelerate launch`` with 2 CPU processes: prompts split across ranks, one Goodhart decision."""
+    import os
+    import subprocess
+    import sys
+
+    args = [*rl_args, "train.max_steps=2", "train.batch_size=2", *TOY]
+    env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+           "-m", "onbrand.training.rl", "--config", CONFIG, *args]  # fmt: skip
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = read_metrics(tmp_path / "rl")
+    assert [r["step"] for r in rows] == [1, 2] and all(r["world_size"] == 2 for r in rows)
+    assert (tmp_path / "rl" / "adapter" / "adapter_config.json").exists()
