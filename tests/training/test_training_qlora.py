@@ -22,7 +22,7 @@ def test_qlora_nf4_sft_runs(tiny_model_dir, toy_snapshot, toy_brand, tmp_path):
     args = [
         "--config", "configs/sft/demo.yaml", f"model={tiny_model_dir}", f"data.snapshot={toy_snapshot}",
         f"data.brand={toy_brand}", f"out_dir={out}", "lora.layers=0", "lora.r=4", "lora.alpha=8",
-        "lora.quantize=nf4", "train.max_length=96", "train.tracking.wandb=disabled", "train.threads=1",
+        "lora.quantize=nf4", "train.gradient_checkpointing=true", "train.max_length=96", "train.tracking.wandb=disabled", "train.threads=1",
         "train.precision=fp32", "train.batch_size=4", "train.max_steps=4", "train.lr=2e-2",
     ]  # fmt: skip
     assert sft.main(args) == 0
