@@ -141,6 +141,7 @@ def _gate_md(gate: dict[str, Any]) -> list[str]:
     out = ["", f"**Release gate `{gate['config']}`: {status}**", ""]
     for c in gate["checks"]:
         value = f"{c['value']:.4f}" if isinstance(c["value"], float) else c["value"]
+        value = ", ".join(value) if isinstance(value, list) else value
         out.append(
             f"- {'✅' if c['passed'] else '❌'} `{c['name']}` = {html.escape(str(value))} ({html.escape(c['detail'])})"
         )
