@@ -4,11 +4,13 @@
     python scripts/export_check.py --synthetic                    # no trained run yet: SFT -> DPO
                                                                   # run dirs with random LoRAs
 
+Writes ``bench/results/export_check.{json,md}`` (``export_check_synthetic.*`` with ``--synthetic``).
+
 ``--synthetic`` builds ``<work>/sft`` and ``<work>/dpo`` exactly as the training recipes lay them out
 (the DPO ``adapter/`` is the exact concatenation of the SFT adapter and the DPO stage adapter, which
 was drawn on the SFT-merged weights), with the demo configs' LoRA shape (r 16, alpha 32, all linear
-layers, last 12 layers) and non-zero random factors. Writes ``bench/results/export_check.json`` and
-``bench/results/export_check.md`` (parity figures, vLLM generation, timings, peak RSS).
+layers, last 12 layers) and non-zero random factors. Results: parity figures, their float64 breakdown, vLLM
+generation, timings, peak RSS.
 """
 
 from __future__ import annotations
@@ -115,12 +117,10 @@ def float64_budget(export_dir: Path, base: str) -> dict[str, float]:
     }
 
 
-def _peak_rss_mib() -> dict[str, float]:
-    """Peak resident memory of this process and of its largest child (the vLLM check), MiB."""
-    return {
-        "self": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-        "children": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024,
-    }
+def _peak_rss_mib() -> float:
+    """Peak resident memory of this process, MiB. Not the vLLM subprocess: Linux carries a parent's
+    maxrss into forked children, so RUSAGE_CHILDREN would not be the child's own peak."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def markdown(result: dict) -> str:
@@ -129,10 +129,10 @@ def markdown(result: dict) -> str:
     checks = "\n".join(f"- [{'x' if c['passed'] else ' '}] {c['name']}: {c['detail']}" for c in v["checks"])
     return (
         f"## Export check ({result['run_kind']}, {result['format']})\n\n"
-        f"Run `{result['run']}` on `{result['base_model']}`; command: `{result['command']}`.\n\n"
+        f"Run `{result['run']}` on `{result['base_model']['name']}` (hash `{result['base_model']['hash'][:16]}…`); command: `{result['command']}`.\n\n"
         f"Verify: **{'PASS' if v['ok'] else 'FAIL'}**; export {result['export_seconds']:.1f} s, verify "
-        f"{result['verify_seconds']:.1f} s (incl. vLLM), peak RSS {result['peak_rss_mib']['self']:.0f} MiB "
-        f"(vLLM process {result['peak_rss_mib']['children']:.0f} MiB).\n\n"
+        f"{result['verify_seconds']:.1f} s (incl. vLLM), peak RSS {result['peak_rss_mib']:.0f} MiB "
+        "(this process; the vLLM check runs in its own).\n\n"
         "| logits parity, fp32 (fixed prompts, brand system prompt) | max abs diff |\n|---|---|\n"
         f"{rows}\n\n{checks}\n" + _budget_md(result.get("float64_budget"))
     )
@@ -182,7 +182,8 @@ def main(argv: list[str] | None = None) -> int:
         "run_kind": "synthetic SFT->DPO (random LoRA)" if args.synthetic else manifest["run_kind"],
         "base_model": manifest["base_model"],
         "format": args.format,
-        "command": "python scripts/export_check.py " + (f"--run {args.run}" if args.run else "--synthetic"),
+        "command": "python scripts/export_check.py "
+        + (f"--run {args.run} --work {args.work}" if args.run else "--synthetic"),
         "export_seconds": t1 - t0,
         "verify_seconds": t2 - t1,
         "peak_rss_mib": _peak_rss_mib(),
@@ -193,10 +194,11 @@ def main(argv: list[str] | None = None) -> int:
         "verify": report.to_dict(),
         "environment": environment_record(),
     }
-    atomic_write_json(RESULTS / "export_check.json", result)
-    atomic_write_text(RESULTS / "export_check.md", markdown(result))
+    stem = "export_check_synthetic" if args.synthetic else "export_check"
+    atomic_write_json(RESULTS / f"{stem}.json", result)
+    atomic_write_text(RESULTS / f"{stem}.md", markdown(result))
     print(report.text())
-    print(f"wrote {RESULTS / 'export_check.json'} and {RESULTS / 'export_check.md'}")
+    print(f"wrote {RESULTS / stem}.json and .md")
     return 0 if report.ok else 1
 
 
