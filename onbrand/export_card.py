@@ -86,6 +86,20 @@ def eval_summary(report: dict[str, Any] | None, limit: int = 24) -> str:
     return "\n".join(lines) + "\n" + more
 
 
+def counts_md(counts: Any) -> str:
+    """Snapshot counts as a table (split, pairs, per channel); raw JSON when the shape is unknown."""
+    if not counts:
+        return "- counts: not recorded in the run\n"
+    splits = {k: v for k, v in counts.items() if isinstance(v, dict)} if isinstance(counts, dict) else {}
+    if not splits:
+        return f"- counts: `{json.dumps(counts)}`\n"
+    lines = ["- counts:\n", "| split | pairs | per channel |", "|---|---|---|"]
+    for split, c in splits.items():
+        channels = ", ".join(f"{_md_escape(k)} {v}" for k, v in (c.get("channels") or {}).items())
+        lines.append(f"| {_md_escape(split)} | {c.get('pairs', c.get('total', '?'))} | {channels} |")
+    return "\n".join(lines) + "\n"
+
+
 def _md_escape(text: str) -> str:
     return str(text).replace("|", "\\|").replace("<", "&lt;").replace(">", "&gt;")
 
@@ -131,7 +145,7 @@ def model_card(manifest: dict[str, Any], lineage: list[dict[str, Any]], report: 
         "```text\n" + (manifest.get("system_prompt") or "(none recorded)") + "\n```\n",
         "## Data\n",
         f"- snapshot id: `{manifest.get('snapshot_id')}`",
-        f"- counts: `{json.dumps(counts) if counts else 'not recorded in the run'}`\n",
+        counts_md(counts),
         "## Training\n",
     ]
     for stage in lineage:

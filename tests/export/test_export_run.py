@@ -167,3 +167,19 @@ def test_card_uses_eval_verdict_and_skips_other_runs_report(runs, tmp_path):
     assert "evaluates run dpo-somethingelse" in (out / "MODEL_CARD.md").read_text()
     assert not (out / "eval").exists()
     assert (out / "training" / "1-sft.run.json").exists()
+
+
+def test_card_counts_from_snapshot_manifest(runs, tiny_model_dir, kit, tmp_path):
+    snap = tmp_path / "snapshot"
+    snap.mkdir()
+    counts = {
+        "train": {"pairs": 415, "channels": {"complaint_reply": 65}},
+        "test": {"pairs": 98, "channels": {}},
+    }
+    (snap / "manifest.json").write_text(json.dumps({"snapshot_id": "snap-" + "ab" * 8, "counts": counts}))
+    run = kit.write_run(tmp_path / "sft", str(tiny_model_dir), "sft", adapter=runs["sft"] / "adapter",
+                        config={"data": {"snapshot": str(snap)}})  # fmt: skip
+    out = export_run(run, tmp_path / "e", "adapter")
+    card = (out / "MODEL_CARD.md").read_text()
+    assert "| train | 415 | complaint_reply 65 |" in card and "Small training set (415" in card
+    assert json.loads((out / "manifest.json").read_text())["snapshot_counts"] == counts
