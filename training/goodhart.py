@@ -140,3 +140,83 @@ class GoodhartMonitor:
                 f"step {step}: reward kept rising for {self.streak} steps while {'; '.join(last)} "
                 "(goodhart.stop=true); the adapter is saved as it was before this step"
             )
+
+
+# ----------------------------------------------------------------------------- report
+CURVES = (
+    ("reward", "reward/"),  # every reward component + task/total
+    ("KL to reference (nats/token)", "kl"),
+    ("completion length (tokens)", "completion/length"),
+    ("distinct-2 / repetition", "completion/"),
+)
+
+
+def write_report(run_dir: str | Path) -> tuple[Path, Path]:
+    """``<run>/rl_curves.png`` (reward components, KL, length, diversity per step) and
+    ``<run>/rl_report.md`` (first vs last steps, Goodhart warnings). Returns both paths."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from onbrand.runs import atomic_write_bytes, atomic_write_text
+    from onbrand.training.tracking import read_metrics
+
+    run_dir = Path(run_dir)
+    rows = read_metrics(run_dir)
+    if not rows:
+        raise ValueError(f"{run_dir}/metrics.jsonl: no steps logged")
+    steps = [r["step"] for r in rows]
+    fig, axes = plt.subplots(1, 4, figsize=(18, 3.8))
+    for ax, (title, key) in zip(axes, CURVES):
+        if key == "completion/":
+            keys = ["completion/distinct_2", "completion/repetition"]
+        elif key.endswith("/"):
+            keys = sorted(k for k in rows[0] if k.startswith(key) and k != "reward/group_std")
+        else:
+            keys = [key]
+        for k in keys:
+            ax.plot(steps, [float(r.get(k, "nan")) for r in rows], marker=".", label=k)
+        ax.set_title(title)
+        ax.set_xlabel("step")
+        ax.legend(fontsize=7)
+    warned = [r["step"] for r in rows if r.get("goodhart/warning")]
+    for ax in axes:
+        for s in warned:
+            ax.axvline(s, color="red", alpha=0.25)
+    fig.tight_layout()
+    png = run_dir / "rl_curves.png"
+    import io
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100)
+    plt.close(fig)
+    atomic_write_bytes(png, buf.getvalue())
+    md = run_dir / "rl_report.md"
+    atomic_write_text(md, _markdown(rows, run_dir))
+    return png, md
+
+
+def _markdown(rows: list[dict[str, Any]], run_dir: Path) -> str:
+    w = max(1, min(3, len(rows) // 2))
+    keys = [k for k in rows[0] if k.startswith(("reward/", "kl", "completion/")) and k != "reward/group_std"]
+    lines = [
+        f"# RL run {run_dir.name}: {len(rows)} steps",
+        "",
+        "![curves](rl_curves.png)",
+        "",
+        f"| metric | first {w} steps | last {w} steps |",
+        "| --- | --- | --- |",
+    ]
+    for k in keys:
+        a = _mean([float(r[k]) for r in rows[:w]])
+        b = _mean([float(r[k]) for r in rows[-w:]])
+        lines.append(f"| {k} | {a:.4f} | {b:.4f} |")
+    warn_path = run_dir / "goodhart.jsonl"
+    warns = [json.loads(x) for x in warn_path.read_text().splitlines()] if warn_path.exists() else []
+    lines += ["", f"Goodhart warnings: {len(warns)}"]
+    lines += [
+        f"- step {x['step']}: reward {x['reward_gain']:+.3f} while {'; '.join(x['flags'])}"
+        for x in warns[:20]
+    ]
+    return "\n".join(lines) + "\n"

@@ -445,6 +445,10 @@ def finish(out: Path, peft_model, parent_adapter, result, state, stopped, monito
     if result is not None:
         final.update(train_seconds=round(result.seconds, 2), **result.last_metrics)
     update_run(out, final=final)
+    if final["steps"] > 0:
+        from onbrand.training.goodhart import write_report
+
+        write_report(out)  # rl_curves.png + rl_report.md
     task = final.get("reward/task")
     task_s = f"{task:.3f}" if isinstance(task, float) else "n/a"
     print(f"rl: {final['steps']} steps; last task reward {task_s}; "

@@ -49,6 +49,9 @@ def test_rl_toy_reward_rises_and_kl_length_logged(toy_run):
     assert run["kind"] == "rl" and run["final"]["steps"] == 8 and run["parent_run"] is None
     assert (toy_run / "adapter" / "adapter_config.json").exists()
     assert (toy_run / "stage_adapter" / "adapter_model.safetensors").exists()
+    md = (toy_run / "rl_report.md").read_text()
+    assert "reward/bang" in md and "Goodhart warnings" in md
+    assert (toy_run / "rl_curves.png").read_bytes()[:4] == b"\x89PNG"
 
 
 def _logits(model_dir, adapter, ids):
