@@ -39,11 +39,12 @@ def plot_win_rates(metrics: dict[str, Any], path: Path) -> bool:
     ax.barh(list(y), [v["value"] for v in vals], xerr=err, color=colors, capsize=5)
     ax.axvline(0.5, color="k", ls="--", lw=1)
     for i, v in enumerate(vals):
-        ax.text(
-            min(v["high"] + 0.02, 0.9), i, f"{v['value']:.2f} [{v['low']:.2f}, {v['high']:.2f}]", va="center"
-        )
+        # Labels in a column right of x=1 so they never sit on a whisker.
+        ax.text(1.03, i, f"{v['value']:.2f} [{v['low']:.2f}, {v['high']:.2f}]", va="center")
     ax.set_yticks(list(y), names)
-    ax.set_xlim(0, 1)
+    ax.set_xlim(0, 1.4)
+    ax.set_xticks([0, 0.25, 0.5, 0.75, 1.0])
+    ax.axvline(1.0, color="0.8", lw=0.8)
     ax.set_xlabel("aligned beats base (0.5 = no difference); bars: 95% bootstrap CI")
     ax.set_title("Aligned vs base: pairwise rates")
     fig.tight_layout()
