@@ -208,3 +208,33 @@ def test_flatten_samples_pairs_sample_j_with_sample_j():
     assert ps2.ids == ["a#0", "a#1", "b#0", "b#1"] and ps2.channels == ["c1", "c1", None, None]
     assert [g.text for g in base] == ["b0s0", "b0s1", "b1s0", "b1s1"] and [g.text for g in al][1] == "a0s1"
     assert base[1].token_ids == [[2, 3]] and base[1].finish_reasons == ["length"] and len(chats) == 4
+
+
+def test_merged_checkpoint_matches_adapter(
+    report, tmp_path, eval_tiny_dir, eval_lora_dir, prompts_file, repo_root
+):
+    """A merged checkpoint is served as its own model and must give the adapter's answers."""
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    rep, out = report
+    merged = tmp_path / "merged"
+    base = AutoModelForCausalLM.from_pretrained(eval_tiny_dir, dtype=torch.float32)
+    PeftModel.from_pretrained(base, str(eval_lora_dir)).merge_and_unload().save_pretrained(merged)
+    for name in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja"):
+        if (eval_tiny_dir / name).exists():
+            shutil.copy(eval_tiny_dir / name, merged / name)
+    cfg = load_config(EvalConfig, None, [f"aligned={merged}", f"base_model={eval_tiny_dir}", f"prompts={prompts_file}",
+                      f"out_dir={tmp_path / 'rep'}", "engine=hf", "sampling.max_new_tokens=12", "bootstrap=100",
+                      "ppl_max_tokens=300", "ppl_window=64", "metrics.voice=false", "metrics.implicit=false",
+                      f"brand={repo_root / 'configs/brands/aurora.yaml'}"])  # fmt: skip
+    rep2 = run_eval(cfg, scorer=LengthScorer())
+    assert rep2["inputs"]["aligned"]["kind"] == "merged"
+    rows = lambda d: [json.loads(x) for x in (d / "samples.jsonl").read_text().splitlines()]  # noqa: E731
+    assert [r["aligned"] for r in rows(tmp_path / "rep")] == [r["aligned"] for r in rows(out)]
+    ppl_a, ppl_b = (
+        rep["metrics"]["perplexity"]["aligned"]["ppl"]["value"],
+        rep2["metrics"]["perplexity"]["aligned"]["ppl"]["value"],
+    )
+    assert ppl_b == pytest.approx(ppl_a, rel=1e-4)
