@@ -23,7 +23,11 @@ def test_sft_learns_and_logs(tmp_path, tiny_model_dir, toy_snapshot, toy_brand):
     from onbrand.cli import main as cli_main
 
     out = tmp_path / "sft"
-    args = common(tiny_model_dir, toy_snapshot, toy_brand, out) + ["train.epochs=3", "train.lr=2e-2"]
+    args = common(tiny_model_dir, toy_snapshot, toy_brand, out) + [
+        "train.epochs=3",
+        "train.lr=2e-2",
+        "eval_before=true",
+    ]
     assert cli_main(["train", "sft", "--config", "configs/sft/demo.yaml", *args]) == 0
     rows = read_metrics(out)
     assert len(rows) == 12
