@@ -10,6 +10,8 @@ RISES while a proxy of reward hacking EXPLODES:
             | mean length > length_ratio_max * baseline length     (baseline = first W steps)
             | distinct-2  < distinct2_min_ratio * baseline distinct-2
             | repetition  > repetition_max
+            | truncated   > baseline truncated + truncated_max_rise  (answers hit max_new_tokens:
+                            the length growth the rollout cap hides from the length ratio)
     warning = rising & any(flags)
 
 With ``stop: true`` a warning that lasts ``patience`` consecutive steps raises
@@ -36,6 +38,7 @@ class GoodhartConfig:
     length_ratio_max: float = 2.0
     distinct2_min_ratio: float = 0.5
     repetition_max: float = 0.5
+    truncated_max_rise: float = 0.2  # rise of the fraction cut at rollout.max_new_tokens
     stop: bool = False  # raise GoodhartStop when the warning persists
     patience: int = 2
 
@@ -45,6 +48,7 @@ class GoodhartConfig:
         check_range("goodhart.length_ratio_max", self.length_ratio_max, 1, None, lo_open=True)
         check_range("goodhart.distinct2_min_ratio", self.distinct2_min_ratio, 0, 1)
         check_range("goodhart.repetition_max", self.repetition_max, 0, 1)
+        check_range("goodhart.truncated_max_rise", self.truncated_max_rise, 0, 1)
         check_range("goodhart.patience", self.patience, 1, 10_000)
 
 
@@ -67,7 +71,8 @@ def _mean(xs: list[float]) -> float:
 
 
 class GoodhartMonitor:
-    """``observe(step, signals) -> metrics``; ``signals`` has reward, kl, length, distinct_2, repetition."""
+    """``observe(step, signals) -> metrics``; ``signals`` has reward, kl, length, distinct_2, repetition
+    and optionally truncated (fraction of answers cut at max_new_tokens; 0 when absent)."""
 
     def __init__(self, cfg: GoodhartConfig, log_path: str | Path | None = None, verbose: bool = True):
         self.cfg = cfg
@@ -90,6 +95,10 @@ class GoodhartMonitor:
             )
         if now["repetition"] > c.repetition_max:
             flags.append(f"repetition {now['repetition']:.3f} > {c.repetition_max}")
+        if now["truncated"] > base["truncated"] + c.truncated_max_rise:
+            flags.append(
+                f"truncated {now['truncated']:.2f} > baseline {base['truncated']:.2f} + {c.truncated_max_rise}"
+            )
         return flags
 
     def observe(self, step: int, signals: dict[str, float]) -> dict[str, float]:
@@ -97,7 +106,10 @@ class GoodhartMonitor:
         missing = [k for k in keys if k not in signals]
         if missing:
             raise ValueError(f"goodhart monitor: signals lack {missing}")
-        self.history.append({k: float(signals[k]) for k in keys})
+        self.history.append(
+            {k: float(signals[k]) for k in keys} | {"truncated": float(signals.get("truncated", 0))}
+        )
+        keys = (*keys, "truncated")
         w = self.cfg.window
         base = {k: _mean([h[k] for h in self.history[:w]]) for k in keys}
         recent = {k: _mean([h[k] for h in self.history[-w:]]) for k in keys}

@@ -310,7 +310,7 @@ def make_step_fn(acc, unwrapped: PolicyModel, engine, composer, monitor, tok, cf
         state["tokens"] = sum(lengths) + sum(len(p) for p in prompts)
         signals = _reduce_mean(acc, {
             "reward": m["reward/task"], "kl": m["kl"], "length": m["completion/length"],
-            "distinct_2": div["distinct_2"], "repetition": div["repetition"],
+            "distinct_2": div["distinct_2"], "repetition": div["repetition"], "truncated": m["completion/truncated"],
         })  # fmt: skip
         m.update(monitor.observe(step, signals))
         monitor.check_stop(step)
@@ -420,6 +420,7 @@ def _replay_monitor(monitor: GoodhartMonitor, out: Path, step: int) -> None:
             monitor.observe(row["step"], {
                 "reward": row["reward/task"], "kl": row["kl"], "length": row["completion/length"],
                 "distinct_2": row["completion/distinct_2"], "repetition": row["completion/repetition"],
+                "truncated": row.get("completion/truncated", 0.0),
             })  # fmt: skip
     monitor.verbose, monitor.log_path = verbose, log_path
 

@@ -9,8 +9,15 @@ import pytest
 from onbrand.training.goodhart import GoodhartConfig, GoodhartMonitor, GoodhartStop, diversity
 
 
-def sig(reward, kl=0.05, length=20.0, d2=0.8, rep=0.0):
-    return {"reward": reward, "kl": kl, "length": length, "distinct_2": d2, "repetition": rep}
+def sig(reward, kl=0.05, length=20.0, d2=0.8, rep=0.0, trunc=0.1):
+    return {
+        "reward": reward,
+        "kl": kl,
+        "length": length,
+        "distinct_2": d2,
+        "repetition": rep,
+        "truncated": trunc,
+    }
 
 
 def test_rl_goodhart_quiet_when_healthy_or_reward_flat():
