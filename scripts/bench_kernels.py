@@ -178,23 +178,24 @@ def time_shape(shape: str, mode: str, variants, repeats: int, threads: int) -> d
     hidden, weight, targets = make_inputs(shape, mode)
     fns = {v: make_variant(v) for v in variants}
     times = {v: [] for v in variants}
-    grads = {}
-    for v in variants:  # warm-up (Liger compiles here); keep gradients for the numerics check
+    errors, ref = {}, None
+    for v in variants:  # warm-up (Liger compiles here); numerics vs naive without keeping every gradient
         _, loss = run_once(fns[v], hidden, weight, targets)
-        grads[v] = (loss, hidden.grad.clone(), None if weight.grad is None else weight.grad.clone())
+        got = (loss, hidden.grad.clone(), None if weight.grad is None else weight.grad.clone())
+        if v == "naive":
+            ref = got
+        if ref is not None:
+            errors[v] = dict(
+                zip(("rel_err_loss", "rel_err_grad_hidden", "rel_err_grad_weight"), map(rel_err, got, ref))
+            )
+        del got
     for _ in tqdm(range(repeats), desc=f"{shape}/{mode}", leave=False):
         for v in variants:
             times[v].append(run_once(fns[v], hidden, weight, targets)[0])
-    ref = grads.get("naive")
     out = {}
     for v in variants:
-        entry = {"times_s": times[v], "median_s": statistics.median(times[v])}
-        if ref is not None:
-            entry["rel_err_loss"] = rel_err(grads[v][0], ref[0])
-            entry["rel_err_grad_hidden"] = rel_err(grads[v][1], ref[1])
-            entry["rel_err_grad_weight"] = rel_err(grads[v][2], ref[2])
-        out[v] = entry
-    del grads
+        out[v] = {"times_s": times[v], "median_s": statistics.median(times[v]), **errors.get(v, {})}
+    del ref
     return out
 
 
