@@ -155,7 +155,36 @@ def _run_eval(cfg, stage_cfg, ctx) -> dict[str, Any]:
         "summary": report.get("summary", {}),
         "verdict": report.get("verdict"),
         "gate_passed": report.get("gate", {}).get("passed", True),
+        "effect": effect_checks(report),
     }
+
+
+def _get(d: Any, *keys: str) -> Any:
+    for key in keys:
+        if not isinstance(d, dict) or key not in d:
+            return None
+        d = d[key]
+    return d
+
+
+def effect_checks(report: dict[str, Any]) -> list[dict[str, Any]]:
+    """The demo's "real effect" thresholds, checked on the eval report (None = not computed)."""
+    m = report.get("metrics", {})
+    acc = _get(m, "implicit", "accuracy", "value")
+    win_low = _get(m, "win_rate", "win_rate", "low")
+    lc = _get(m, "win_rate", "lc_win_rate", "value")
+    overall = _get(m, "compliance", "overall", "diff", "value")
+    worse = _get(m, "compliance", "worse_rules")
+    ratio = _get(m, "perplexity", "ratio")
+    checks = [
+        ("implicit reward accuracy >= 0.8", acc, acc is not None and acc >= 0.8),
+        ("win-rate 95% CI lower bound > 0.5", win_low, win_low is not None and win_low > 0.5),
+        ("length-controlled win rate > 0.5", lc, lc is not None and lc > 0.5),
+        ("compliance better overall (aligned - base > 0)", overall, overall is not None and overall > 0),
+        ("no compliance rule worse than base", worse, worse is not None and not worse),
+        ("perplexity on general text up <= 10%", ratio, ratio is not None and ratio <= 1.10),
+    ]
+    return [{"check": name, "value": value, "passed": bool(ok)} for name, value, ok in checks]
 
 
 def _fp_eval(cfg, ctx) -> str:
@@ -259,7 +288,13 @@ def summary_lines(cfg, ctx: StageContext) -> list[str]:
             f"eval      {res['eval']['report_dir']}/report.md   verdict: {res['eval'].get('verdict')}"
         )
         for key, value in (res["eval"].get("summary") or {}).items():
-            lines.append(f"          {key:<34} {value}")
+            lines.append(f"          {key:<42} {value}")
+        effect = res["eval"].get("effect") or []
+        if effect:
+            lines.append(f"effect    {sum(c['passed'] for c in effect)}/{len(effect)} thresholds met")
+            for c in effect:
+                value = f"{c['value']:.3f}" if isinstance(c["value"], float) else c["value"]
+                lines.append(f"          {'PASS' if c['passed'] else 'FAIL'}  {c['check']:<48} {value}")
     if "export" in res:
         lines.append(f"export    {res['export']['export_dir']}")
     return lines

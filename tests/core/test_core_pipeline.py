@@ -92,3 +92,25 @@ def test_failure_names_stage_and_resume(toy_stages, monkeypatch, capsys):
 def test_unknown_stage_rejected():
     with pytest.raises(ValueError, match="unknown stage"):
         RunConfig(stages=["data", "tune"])
+
+
+def test_effect_checks_read_the_eval_report():
+    from onbrand.pipeline_stages import effect_checks
+
+    ci = lambda v, lo: {"value": v, "low": lo, "high": v + 0.1}  # noqa: E731
+    report = {"metrics": {
+        "implicit": {"accuracy": ci(0.9, 0.8)},
+        "win_rate": {"win_rate": ci(0.62, 0.51), "lc_win_rate": ci(0.49, 0.3)},
+        "compliance": {"overall": {"diff": ci(0.2, 0.1)}, "worse_rules": ["apology"]},
+        "perplexity": {"ratio": 1.08},
+    }}  # fmt: skip
+    got = {c["check"]: c["passed"] for c in effect_checks(report)}
+    assert got == {
+        "implicit reward accuracy >= 0.8": True,
+        "win-rate 95% CI lower bound > 0.5": True,
+        "length-controlled win rate > 0.5": False,
+        "compliance better overall (aligned - base > 0)": True,
+        "no compliance rule worse than base": False,
+        "perplexity on general text up <= 10%": True,
+    }
+    assert all(not c["passed"] for c in effect_checks({"metrics": {}}))  # missing metrics never pass
