@@ -3,6 +3,7 @@ keyboard, and the judgement is in the database. Saves a screenshot as a test art
 
 from __future__ import annotations
 
+import os
 import shutil
 import socket
 import threading
@@ -120,10 +121,13 @@ def test_browser_login_judge_with_keyboard(server, tmp_path):
         finally:
             ctx.close()
     assert dialogs == []  # the <script> in the prompt never ran
-    out = REPO / "bench" / "results" / "annotate_screenshot.png"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    shutil.copy(shot, out)
-    shutil.copy(tmp_path / "annotate_admin_screenshot.png", out.with_name("annotate_admin_screenshot.png"))
+    # The screenshots are test artifacts: kept under pytest's tmp dir, and copied to
+    # $ONBRAND_TEST_ARTIFACTS when set (CI sets it), never into the source tree.
+    if os.environ.get("ONBRAND_TEST_ARTIFACTS"):
+        out = Path(os.environ["ONBRAND_TEST_ARTIFACTS"])
+        out.mkdir(parents=True, exist_ok=True)
+        shutil.copy(shot, out / "annotate_screenshot.png")
+        shutil.copy(tmp_path / "annotate_admin_screenshot.png", out / "annotate_admin_screenshot.png")
     assert shot.stat().st_size > 10_000
     with open_db(url)() as s:
         js = list(s.scalars(select(Judgement)))
