@@ -47,24 +47,56 @@ def _tree_fingerprint(path: Path, skip_dirs: tuple[str, ...] = ("checkpoints",))
 
 # ----------------------------------------------------------------------------- model
 def _run_model(cfg, _stage_cfg, _ctx) -> dict[str, Any]:
-    """Resolve (convert once) the base model and print its facts."""
+    """Resolve (convert once) the base model, print its facts and a base answer to a sample prompt."""
     import time
 
-    from onbrand.models import model_facts, resolve_model
+    from onbrand.models import embedded_dir, model_facts, resolve_model
 
+    key = cfg.model.partition(":")[2]
+    converting = cfg.model.startswith("embedded:") and not (embedded_dir(key) / "manifest.json").exists()
     t0 = time.perf_counter()
     resolve_model(cfg.model)
+    t_resolve = time.perf_counter() - t0
     facts = model_facts(cfg.model)
-    facts["resolve_seconds"] = round(time.perf_counter() - t0, 1)
+    answer, t_load, params = _sample_answer(cfg)
     print(
-        f"  {facts['name']}: {facts['architecture']}, vocab {facts['vocab_size']}, {facts['num_hidden_layers']} "
-        f"layers, hidden {facts['hidden_size']}, {facts['weights_bytes'] / 2**20:.0f} MiB ({facts['path']})"
+        f"  {facts['name']}: {facts['architecture']}, {params / 1e6:.1f}M parameters, vocab {facts['vocab_size']}, "
+        f"{facts['num_hidden_layers']} layers, hidden {facts['hidden_size']} ({facts['path']})\n"
+        f"  {'converted GGUF -> safetensors' if converting else 'cached checkpoint'} in {t_resolve:.1f} s; "
+        f"loaded in {t_load:.1f} s\n  sample prompt: {cfg.sample_prompt}\n  base answer:   {answer}"
     )
+    keep = ("name", "path", "vocab_size", "hidden_size", "num_hidden_layers", "model_hash")
     return {
-        k: facts[k]
-        for k in ("name", "path", "vocab_size", "hidden_size", "num_hidden_layers", "model_hash")
-        if k in facts
+        **{k: facts[k] for k in keep if k in facts},
+        "parameters": params,
+        "base_answer": answer,
+        "resolve_seconds": round(t_resolve, 1),
+        "load_seconds": round(t_load, 1),
     }
+
+
+def _sample_answer(cfg) -> tuple[str, float, int]:
+    """Greedy base answer under the brand card's system prompt (what the aligned model must beat)."""
+    import time
+
+    import torch
+
+    from onbrand.data.brand import load_brand
+    from onbrand.models import count_parameters, load_model, load_tokenizer
+
+    t0 = time.perf_counter()
+    tok = load_tokenizer(cfg.model)
+    model = load_model(cfg.model).eval()
+    t_load = time.perf_counter() - t0
+    messages = [
+        {"role": "system", "content": load_brand(cfg.brand).system_prompt()},
+        {"role": "user", "content": cfg.sample_prompt},
+    ]
+    ids = tok.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt", return_dict=True)
+    with torch.no_grad():
+        out = model.generate(**ids, max_new_tokens=cfg.max_new_tokens, do_sample=False)
+    answer = tok.decode(out[0, ids["input_ids"].shape[1] :], skip_special_tokens=True).strip()
+    return answer.replace("\n", " "), t_load, count_parameters(model)
 
 
 def _fp_model(cfg, _ctx) -> str:
@@ -274,6 +306,11 @@ def summary_lines(cfg, ctx: StageContext) -> list[str]:
     """The final table: the verdict and the headline numbers, base vs aligned."""
     lines = []
     res = ctx.results
+    if "model" in res and "parameters" in res["model"]:
+        m = res["model"]
+        lines.append(
+            f"model     {m['name']}  {m['parameters'] / 1e6:.1f}M parameters, vocab {m['vocab_size']}"
+        )
     if "data" in res:
         lines.append(
             f"data      snapshot {str(res['data'].get('snapshot_id'))[:12]}  pairs {res['data'].get('counts')}"
