@@ -50,7 +50,7 @@ format: setup
 
 bench: setup
 	$(BIN)/python scripts/bench_kernels.py
-	$(BIN)/python scripts/bench_train.py
+	$(BIN)/python scripts/bench_train.py --steps 4
 	$(BIN)/python scripts/bench_generate.py
 	$(BIN)/python scripts/bench_import.py
 	$(BIN)/python scripts/bench_report.py
