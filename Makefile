@@ -49,7 +49,9 @@ format: setup
 	$(BIN)/ruff check --fix .
 
 bench: setup
-	$(BIN)/python scripts/bench_kernels.py
+	$(BIN)/python scripts/bench_kernels.py --shapes 4x1024,4x256
+	# Large vocab (V=128,256): frozen head only; the trainable case holds a 2 GB weight gradient per variant.
+	$(BIN)/python scripts/bench_kernels.py --merge --shapes large-vocab-4x64 --modes frozen
 	$(BIN)/python scripts/bench_train.py --steps 4
 	$(BIN)/python scripts/bench_generate.py
 	$(BIN)/python scripts/bench_import.py
