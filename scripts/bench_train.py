@@ -135,7 +135,7 @@ def worker_onbrand(args) -> dict:
         f"train.batch_size={args.batch}", f"train.max_steps={args.steps}", f"train.max_length={args.max_length}",
         f"train.lr={args.lr}", "train.scheduler=constant", "train.warmup_ratio=0.0", "train.shuffle=false",
         f"train.precision={args.dtype}", f"train.threads={args.threads}", "train.tracking.wandb=disabled",
-        "train.save_every=0", f"dpo.beta={args.beta}", "dpo.loss_type=sigmoid",
+        "train.save_every=0", f"dpo.beta={args.beta}", "dpo.loss_type=sigmoid", "dpo.nll_weight=0",
     ]  # fmt: skip
     t0 = time.perf_counter()
     dpo.main(["--config", "configs/dpo/demo.yaml", *overrides])

@@ -10,6 +10,8 @@ The data order is a pure function of (seed, epoch), so the step number is the da
 
 from __future__ import annotations
 
+import hashlib
+import json
 import random
 import re
 import shutil
@@ -39,7 +41,10 @@ def save_checkpoint(
         torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
         torch.save({"torch": torch.get_rng_state(), "python": random.getstate()}, tmp / "rng.pt")
         atomic_write_json(tmp / "state.json", {"step": step, **extra})
-    for old in list_checkpoints(run_dir)[:-keep] if keep > 0 else []:
+    # rotate among this config's checkpoints only (another config's are not this run's to delete)
+    fp = extra.get("config_fingerprint")
+    mine = [p for p in list_checkpoints(run_dir) if _fingerprint_of(p) == fp]
+    for old in mine[:-keep] if keep > 0 else []:
         shutil.rmtree(old, ignore_errors=True)
     return final
 
@@ -52,8 +57,43 @@ def list_checkpoints(run_dir: str | Path) -> list[Path]:
     return [p for _, p in sorted(found)]
 
 
-def latest_checkpoint(run_dir: str | Path) -> Path | None:
+# Keys that do not change the training trajectory: a checkpoint stays resumable when only these differ.
+RESUME_IGNORED = ("out_dir", "ref_cache_dir", "ref_cache", "eval_batch_size", "eval_before", "train.resume",
+                  "train.stop_after", "train.save_every", "train.keep_checkpoints", "train.log_every",
+                  "train.tracking", "train.threads")  # fmt: skip
+
+
+def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        out.update(_flatten(v, key + ".") if isinstance(v, dict) else {key: v})
+    return out
+
+
+def config_fingerprint(config: dict[str, Any], lineage: dict[str, Any] | None = None) -> str:
+    """sha256 over what determines the training trajectory: the config (minus ``RESUME_IGNORED``)
+    and the lineage (data snapshot id, base model + parent adapter hash)."""
+    flat = {
+        k: v
+        for k, v in _flatten(config).items()
+        if not any(k == i or k.startswith(i + ".") for i in RESUME_IGNORED)
+    }
+    blob = json.dumps({"config": flat, "lineage": lineage or {}}, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def _fingerprint_of(ckpt: Path) -> str | None:
+    state = ckpt / "state.json"
+    return read_json(state).get("config_fingerprint") if state.exists() else None
+
+
+def latest_checkpoint(run_dir: str | Path, fingerprint: str | None = None) -> Path | None:
+    """Newest complete checkpoint; with ``fingerprint``, the newest one written by that config (a
+    checkpoint of another config, or of other data, must never be resumed into this run)."""
     ckpts = [p for p in list_checkpoints(run_dir) if (p / "state.json").exists()]
+    if fingerprint is not None:
+        ckpts = [p for p in ckpts if _fingerprint_of(p) == fingerprint]
     return ckpts[-1] if ckpts else None
 
 

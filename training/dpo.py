@@ -113,24 +113,45 @@ def reference_logps(model: PackedModel, pairs, tok, cfg: DPOConfig, device, desc
     return torch.cat(out_c), torch.cat(out_r)
 
 
-def pair_loss(got: dict[str, torch.Tensor], ref: tuple | None, cfg: DPOConfig):
+def pair_loss(got: dict[str, torch.Tensor], ref: tuple | None, cfg: DPOConfig, chosen_nll=None):
     from onbrand.kernels.losses import preference_loss
 
     d = cfg.dpo
     return preference_loss(
         got["chosen"], got["rejected"],
         ref[0] if ref else None, ref[1] if ref else None,
-        chosen_tokens=got["n_chosen"], rejected_tokens=got["n_rejected"],
+        chosen_tokens=got["n_chosen"], rejected_tokens=got["n_rejected"], policy_chosen_nll=chosen_nll,
         loss_type=d.loss_type, beta=d.beta, label_smoothing=d.label_smoothing,
         simpo_gamma=d.simpo_gamma, nll_weight=d.nll_weight,
     )  # fmt: skip
 
 
+def nll_weight_of(cfg: DPOConfig) -> float:
+    d = cfg.dpo
+    return d.nll_weight if d.nll_weight is not None else (1.0 if d.loss_type == "orpo" else 0.0)
+
+
 def make_step_fn(unwrapped: PackedModel, tok, cfg: DPOConfig, device):
-    """``step_fn(model, pairs) -> (loss, metrics)`` for the shared loop."""
+    """``step_fn(model, pairs) -> (loss, metrics)`` for the shared loop.
+
+    The NLL term (RPO / ORPO) is a token mean over the chosen completions of the WHOLE global batch
+    (all micro-batches, all ranks), not of each micro-batch: ``begin_step`` gets the global token
+    count, and each micro-batch's term is scaled so that the loop's pair-weighted sum and DDP's
+    mean over ranks give exactly ``-sum(chosen logps) / #chosen tokens``. Per micro-batch means
+    would make a 2-process run differ from 1 process (and depend on micro_batch_size).
+    """
+    state: dict[str, float] = {}
+
+    def begin_step(mine, reduce_sum):
+        world = reduce_sum(1.0)
+        tokens = reduce_sum(float(sum(len(p.chosen) for p in mine)))
+        state["nll_scale"] = len(mine) * world / max(tokens, 1.0)
 
     def step_fn(model, pairs):
         got = batch_logps(model, pairs, tok, cfg, device)
+        chosen_nll = None
+        if nll_weight_of(cfg) and "nll_scale" in state:
+            chosen_nll = -got["chosen"].sum() * state["nll_scale"] / len(pairs)
         ref = None
         if cfg.dpo.needs_reference:
             if pairs[0].ref_chosen is not None:
@@ -140,7 +161,7 @@ def make_step_fn(unwrapped: PackedModel, tok, cfg: DPOConfig, device):
                 )
             else:
                 ref = reference_logps(unwrapped, pairs, tok, cfg, device)
-        out = pair_loss(got, ref, cfg)
+        out = pair_loss(got, ref, cfg, chosen_nll)
         m = out.metrics()
         m["logps/chosen"] = got["chosen"].detach().mean().item()
         m["logps/rejected"] = got["rejected"].detach().mean().item()
@@ -150,6 +171,7 @@ def make_step_fn(unwrapped: PackedModel, tok, cfg: DPOConfig, device):
             m["kl_ref_per_token"] = (lr.sum() / (got["n_chosen"] + got["n_rejected"]).sum()).item()
         return out.loss, m
 
+    step_fn.begin_step = begin_step
     return step_fn
 
 
@@ -245,6 +267,7 @@ def train(cfg: DPOConfig) -> int:
     result = run_loop(
         acc, model, wrapped, run.train, cfg.train, run.out, step_fn, run_name=run.out.name,
         config_dict=to_dict(cfg), tokens_of=data_tokens,
+        lineage={"snapshot_id": run.manifest.get("snapshot_id"), "model": run.lineage_hash},
     )  # fmt: skip
     if result.stopped_early:
         print(

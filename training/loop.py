@@ -2,7 +2,9 @@
 
 A recipe supplies ``step_fn(model, pairs) -> (loss, metrics)`` for one micro-batch of
 :class:`~onbrand.training.batching.TokenizedPair` (loss = mean over those pairs; metrics are
-per-micro-batch means as floats or 0-d tensors). This loop is written by hand rather than on
+per-micro-batch means as floats or 0-d tensors). An optional ``step_fn.begin_step(mine, reduce_sum)``
+is called once per optimizer step with this rank's pairs and a cross-rank float sum, for terms
+normalised over the whole global batch (DPO's token-mean NLL). This loop is written by hand rather than on
 ``transformers.Trainer`` because the packed batches (one row holds many pairs, 4D masks) and the
 hidden-state-only loss do not fit Trainer's padded-batch/logits contract; ``accelerate`` still does
 the device placement, DDP/FSDP wrapping and gradient sync.
@@ -28,7 +30,12 @@ from typing import Any, Literal
 import torch
 
 from onbrand.config import check_range
-from onbrand.training.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from onbrand.training.checkpoint import (
+    config_fingerprint,
+    latest_checkpoint,
+    load_checkpoint,
+    save_checkpoint,
+)
 from onbrand.training.tracking import Tracker, TrackingConfig
 
 
@@ -130,6 +137,14 @@ def _reduce(acc, values: dict[str, float], weight: float) -> dict[str, float]:
     return {k: (t[i] / t[-1]).item() for i, k in enumerate(keys)}
 
 
+def _reduce_sum(acc, value: float) -> float:
+    """Sum of a per-rank float over ranks."""
+    t = torch.tensor([value], dtype=torch.float64)
+    if acc.num_processes > 1:
+        t = acc.reduce(t.to(acc.device), reduction="sum").cpu()
+    return t.item()
+
+
 @dataclass
 class LoopResult:
     steps: int
@@ -147,16 +162,26 @@ def total_steps(cfg: TrainConfig, n_train: int) -> int:
 
 def run_loop(
     acc, model, wrapped, train: list, cfg: TrainConfig, out_dir: Path, step_fn: StepFn, run_name: str,
-    config_dict: dict, tokens_of: Callable[[list], int],
+    config_dict: dict, tokens_of: Callable[[list], int], lineage: dict | None = None,
 ) -> LoopResult:  # fmt: skip
-    """Train ``wrapped`` (the accelerate-prepared ``model``) for ``total_steps`` optimizer steps."""
+    """Train ``wrapped`` (the accelerate-prepared ``model``) for ``total_steps`` optimizer steps.
+
+    Resumes from the newest checkpoint in ``out_dir`` written by the same config and ``lineage``
+    (snapshot id, model hash); checkpoints of another config are reported and left alone."""
     world, rank = acc.num_processes, acc.process_index
     if cfg.batch_size % world:
         raise ValueError(f"train.batch_size={cfg.batch_size} must be divisible by the world size {world}")
     total = total_steps(cfg, len(train))
     opt, sched = _optimizer(model, cfg, total)
     start = 0
-    ckpt = latest_checkpoint(out_dir) if cfg.resume else None
+    fingerprint = config_fingerprint(config_dict, lineage)
+    ckpt = latest_checkpoint(out_dir, fingerprint) if cfg.resume else None
+    if cfg.resume and ckpt is None and latest_checkpoint(out_dir) is not None and acc.is_main_process:
+        print(
+            f"not resuming: the checkpoints in {Path(out_dir) / 'checkpoints'} were written by a different "
+            "config or data; training from step 0",
+            file=sys.stderr,
+        )
     if ckpt is not None:
         start = load_checkpoint(ckpt, model, opt, sched)["step"]
         if acc.is_main_process:
@@ -178,6 +203,9 @@ def run_loop(
             idx = batch_indices(len(train), cfg.batch_size, cfg.seed, step - 1, cfg.shuffle)
             mine = [train[i] for i in idx[rank * per_rank : (rank + 1) * per_rank]]
             chunks = [mine[i : i + micro] for i in range(0, len(mine), micro)]
+            begin = getattr(step_fn, "begin_step", None)
+            if begin is not None:  # step-level context (e.g. token counts over the global batch)
+                begin(mine, lambda v: _reduce_sum(acc, v))
             sums: dict[str, float] = {}
             for j, chunk in enumerate(chunks):
                 sync = contextlib.nullcontext() if j == len(chunks) - 1 else acc.no_sync(wrapped)
@@ -213,7 +241,7 @@ def run_loop(
             bar.set_postfix(loss=f"{metrics['loss']:.4f}", tok_s=f"{metrics['tokens_per_s']:.0f}")
             if (cfg.save_every and step % cfg.save_every == 0) or step == cfg.stop_after:
                 if acc.is_main_process:
-                    extra = {"total_steps": total, "seed": cfg.seed}
+                    extra = {"total_steps": total, "seed": cfg.seed, "config_fingerprint": fingerprint}
                     last_good = str(
                         save_checkpoint(out_dir, step, model, opt, sched, extra, cfg.keep_checkpoints)
                     )

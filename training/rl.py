@@ -361,7 +361,7 @@ def _setup(cfg: RLConfig, acc):
 
 
 def train(cfg: RLConfig) -> int:
-    from onbrand.training.checkpoint import latest_checkpoint
+    from onbrand.training.checkpoint import config_fingerprint, latest_checkpoint
     from onbrand.training.common import seed_everything
     from onbrand.training.loop import make_accelerator, run_loop
 
@@ -373,7 +373,8 @@ def train(cfg: RLConfig) -> int:
     engine = LivePolicyEngine(peft_model, tok, cfg.rollout.gen_batch_size)
     monitor = GoodhartMonitor(cfg.goodhart, out / "goodhart.jsonl" if acc.is_main_process else None,
                               verbose=acc.is_main_process)  # fmt: skip
-    ckpt = latest_checkpoint(out) if cfg.train.resume else None
+    # the same checkpoint run_loop will resume from (same config fingerprint)
+    ckpt = latest_checkpoint(out, config_fingerprint(to_dict(cfg))) if cfg.train.resume else None
     state = {"step": _ckpt_step(ckpt), "tokens": 0}
     _replay_monitor(monitor, out, state["step"])
     wrapped = acc.prepare(model)

@@ -106,6 +106,7 @@ def train(cfg: SFTConfig) -> int:
     result = run_loop(
         acc, model, wrapped, run.train, cfg.train, run.out, make_step_fn(run.tok, cfg, acc.device),
         run_name=run.out.name, config_dict=to_dict(cfg), tokens_of=data_tokens,
+        lineage={"snapshot_id": run.manifest.get("snapshot_id"), "model": run.lineage_hash},
     )  # fmt: skip
     if result.stopped_early:
         print(

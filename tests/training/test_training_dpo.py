@@ -24,7 +24,7 @@ def dpo_run(tmp_path_factory, tiny_model_dir, toy_snapshot, toy_brand):
         f"model={tiny_model_dir}", f"data.snapshot={toy_snapshot}", f"data.brand={toy_brand}",
         f"ref_cache_dir={out.parent / 'cache'}", "train.max_length=96", "train.tracking.wandb=disabled",
         "train.threads=1", f"out_dir={out}", "train.batch_size=4", "train.epochs=3", "train.lr=5e-3",
-        "train.warmup_ratio=0.0", "train.scheduler=constant", "lora.r=4", "lora.alpha=8", "dpo.beta=0.5", "init_from=null", "lora.layers=0",
+        "train.warmup_ratio=0.0", "train.scheduler=constant", "lora.r=4", "lora.alpha=8", "dpo.beta=0.5", "dpo.nll_weight=0", "init_from=null", "lora.layers=0",
         "train.precision=fp32",
     ]  # fmt: skip
     assert dpo.main(["--config", "configs/dpo/demo.yaml", *args]) == 0

@@ -46,6 +46,23 @@ def test_resume_equals_uninterrupted(base, tmp_path):
     assert max(v.abs().max().item() for k, v in a.items() if "lora_B" in k) > 1e-3
 
 
+def test_changed_config_never_resumes_another_configs_checkpoint(base, tmp_path, capsys):
+    out = tmp_path / "run"
+    cfg = ["--config", "configs/dpo/demo.yaml"]
+    assert dpo.main([*cfg, *args_for(base, out, "train.stop_after=3")]) == 0
+    capsys.readouterr()
+    # same out_dir, another beta: the step-3 checkpoint is not this run's
+    assert dpo.main([*cfg, *args_for(base, out, "dpo.beta=0.3", "train.stop_after=2")]) == 0
+    err = capsys.readouterr().err
+    assert "not resuming" in err and "resuming from" not in err
+    assert [r["step"] for r in read_metrics(out)] == [1, 2]
+    assert {p.name for p in (out / "checkpoints").iterdir()} == {"step-2", "step-3"}
+    # the same beta again resumes from ITS checkpoint (step 2), not the newer step 3 of the old config
+    assert dpo.main([*cfg, *args_for(base, out, "dpo.beta=0.3")]) == 0
+    assert f"resuming from {out / 'checkpoints' / 'step-2'}" in capsys.readouterr().err
+    assert [r["step"] for r in read_metrics(out)] == list(range(1, 7))
+
+
 def test_nan_loss_stops_with_step_and_checkpoint(base, tmp_path, monkeypatch):
     real = sft.make_step_fn
     calls = {"n": 0}
