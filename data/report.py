@@ -6,6 +6,8 @@ Figures:
   snapshot has ``token_lengths.json``), and the median chosen/rejected length ratio. Over 65% is a
   Goodhart warning: a DPO model would learn "longer is better" instead of the brand;
 - banned-phrase/claim hits inside *chosen* responses (the data contradicting the brand card);
+- openings (first 3 words) that only ever start chosen answers: a feature DPO learns as "the
+  brand" whether or not the card asks for it;
 - near-duplicates: share of records with another record whose word 3-gram Jaccard similarity
   (normalized prompt + chosen + rejected) is >= 0.8;
 - per-annotator counts, agreement on pairs judged by several annotators (Cohen's kappa per pair of
@@ -31,6 +33,7 @@ from onbrand.runs import atomic_write_json, atomic_write_text, read_json
 
 GOODHART_SHARE = 0.65
 NEAR_DUP_JACCARD = 0.8
+OPENING_MIN_COUNT = 10
 NEAR_DUP_MAX_RECORDS = 5000  # O(n^2) comparison; above this a deterministic sample is used
 
 
@@ -89,6 +92,28 @@ def length_bias(
     return out
 
 
+def chosen_only_openings(
+    records: list[dict[str, Any]], words: int = 3, min_count: int = OPENING_MIN_COUNT, share: float = 0.95
+) -> dict[str, Any]:
+    """Openings (first ``words`` words of the last chosen/rejected message, normalized) seen at least
+    ``min_count`` times that start the CHOSEN answer in >= ``share`` of their uses. DPO learns such an
+    opening as "the brand" and can put it everywhere (it did: "thanks for asking" on complaints).
+    Legitimate when the card requires it (an apology); a spurious feature otherwise."""
+
+    def opening(messages) -> str:
+        text = normalize_text(messages[-1]["content"]) if messages else ""
+        return " ".join(re.sub(r"[^\w']+", "", w) for w in text.split()[:words])
+
+    chosen = Counter(opening(r["chosen"]) for r in records)
+    rejected = Counter(opening(r["rejected"]) for r in records)
+    flagged = [
+        {"opening": o, "chosen": n, "rejected": rejected.get(o, 0)}
+        for o, n in chosen.most_common()
+        if o and n >= min_count and n / (n + rejected.get(o, 0)) >= share
+    ]
+    return {"words": words, "min_count": min_count, "share": share, "flagged": flagged[:20]}
+
+
 def banned_in_chosen(records: list[dict[str, Any]], card) -> dict[str, Any]:
     """Banned phrase/claim hits in chosen texts (each one contradicts the brand card)."""
     hits, by_rule = [], Counter()
@@ -142,6 +167,7 @@ def build_report(snapshot: str | Path, card=None) -> tuple[dict[str, Any], dict[
             name: length_bias(recs, token_lengths) for name, recs in [("all", every), *splits.items()]
         },
         "near_duplicates": near_duplicate_rate(every),
+        "chosen_only_openings": chosen_only_openings(splits.get("train", every)),
         "annotators": dict(per_annotator.most_common()),
         "agreement": agreement_report(annotator_votes(every)),
         "channel_balance": {
@@ -227,7 +253,27 @@ def _md_length(rep: dict[str, Any]) -> list[str]:
             f"{v.get('chosen_longer_share_chars', 0):.1%} |"
         )
     lines += ["", "![length distributions](lengths.png)", ""]
+    lines += _md_openings(rep)
     return lines
+
+
+def _md_openings(rep: dict[str, Any]) -> list[str]:
+    op = rep.get("chosen_only_openings") or {}
+    if not op.get("flagged"):
+        return []
+    lines = [
+        "## Openings only chosen answers have",
+        "",
+        f"Openings (first {op['words']} words) that start the chosen answer in at least {op['share']:.0%} "
+        f"of their {op['min_count']}+ uses in train. DPO learns them as the brand and may use them "
+        "everywhere: fine when the card requires them (an apology), a spurious feature otherwise "
+        "(put the same pleasantry on both sides of the pair).",
+        "",
+        "| opening | in chosen | in rejected |",
+        "|---|---|---|",
+    ]
+    lines += [f"| {_md_escape(f['opening'])} | {f['chosen']} | {f['rejected']} |" for f in op["flagged"]]
+    return lines + [""]
 
 
 def _md_brand(rep: dict[str, Any]) -> list[str]:

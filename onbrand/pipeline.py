@@ -22,7 +22,7 @@ from typing import Any
 
 from onbrand.config import load_config, resolve_kind, to_dict
 from onbrand.pipeline_stages import STAGES, StageContext
-from onbrand.runs import atomic_write_json, read_json, sha256_json
+from onbrand.runs import atomic_write_json, read_json, sha256_file, sha256_json
 
 KNOWN_STAGES = tuple(STAGES)
 
@@ -83,14 +83,19 @@ def _stage_config(cfg: RunConfig, stage: str, ctx: StageContext) -> Any:
     return load_config(resolve_kind(spec.config_kind), path, overrides)
 
 
-def _input_hash(stage: str, stage_cfg: Any, ctx: StageContext) -> str:
+def _input_hash(cfg: RunConfig, stage: str, stage_cfg: Any, ctx: StageContext) -> str:
+    """Config + upstream fingerprints + the content of the files the stage reads (the brand card
+    for every stage after `model`: its system prompt, rules and exemplars shape training and eval)."""
     spec = STAGES[stage]
     upstream = {dep: ctx.fingerprints.get(dep) for dep in spec.depends_on}
+    paths = ([cfg.brand] if stage != "model" else []) + spec.input_files(stage_cfg)
+    files = {p: sha256_file(p) if Path(p).is_file() else "missing" for p in paths if p}
     return sha256_json(
         {
             "stage": stage,
             "config": to_dict(stage_cfg) if stage_cfg is not None else None,
             "upstream": upstream,
+            "files": files,
             "code": spec.code_version,
         }
     )
@@ -110,7 +115,7 @@ def run_stage(cfg: RunConfig, stage: str, ctx: StageContext, force: bool) -> tup
     """Run (or skip) one stage; return ("ran"|"skipped", seconds)."""
     spec = STAGES[stage]
     stage_cfg = _stage_config(cfg, stage, ctx)
-    input_hash = _input_hash(stage, stage_cfg, ctx)
+    input_hash = _input_hash(cfg, stage, stage_cfg, ctx)
     if not force and _skippable(cfg, stage, input_hash, ctx):
         state = read_json(_state_path(cfg, stage))
         ctx.fingerprints[stage] = state["output_fingerprint"]

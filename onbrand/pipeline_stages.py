@@ -32,6 +32,9 @@ class Stage:
     run: Callable[[Any, Any, StageContext], dict[str, Any]]
     fingerprint: Callable[[Any, StageContext], str]
     code_version: int = 1
+    # Files the stage reads besides its config (their CONTENT goes into the input hash): a changed
+    # data file must re-run the data stage even though the config naming it is the same.
+    input_files: Callable[[Any], list[str]] = lambda stage_cfg: []
 
 
 def _p(ctx: StageContext, name: str) -> str:
@@ -122,6 +125,14 @@ def _run_data(cfg, stage_cfg, ctx) -> dict[str, Any]:
     counts = {split: c.get("pairs") for split, c in manifest.get("counts", {}).items()}
     print(f"  snapshot {manifest['snapshot_id'][:12]}  pairs {counts}  report {report}")
     return {"snapshot_id": manifest["snapshot_id"], "counts": counts, "report": str(report)}
+
+
+def _files_data(stage_cfg) -> list[str]:
+    from onbrand.data.snapshot import resolve_input
+
+    if stage_cfg is None:
+        return []
+    return [str(resolve_input(p)) for p in [*stage_cfg.inputs, *stage_cfg.test_inputs]]
 
 
 def _fp_data(cfg, ctx) -> str:
@@ -258,6 +269,7 @@ STAGES: dict[str, Stage] = {
         _ov_data,
         _run_data,
         _fp_data,
+        input_files=_files_data,
     ),
     "sft": Stage(
         "supervised fine-tuning of a LoRA on the chosen answers",

@@ -67,6 +67,26 @@ def test_force_and_upstream_change_rerun(toy_stages):
     assert calls["data"] == 2 and calls["sft"] == 3  # sft re-runs because its upstream changed
 
 
+def test_changed_input_file_or_brand_card_reruns(toy_stages, tmp_path, monkeypatch):
+    """The config naming a file is unchanged, its content is not: the stage must not be skipped."""
+    _, calls, _ = toy_stages
+    pairs, card = tmp_path / "pairs.jsonl", tmp_path / "card.yaml"
+    pairs.write_text("v1")
+    card.write_text("name: a")
+    data = pipeline_stages.STAGES["data"]
+    monkeypatch.setitem(pipeline_stages.STAGES, "data", replace(data, input_files=lambda _cfg: [str(pairs)]))
+    cfg = RunConfig(out_dir=str(tmp_path / "run2"), stages=["model", "data", "sft"], brand=str(card))
+    run_pipeline(cfg)
+    run_pipeline(cfg)
+    assert calls == {"model": 1, "data": 1, "sft": 1}
+    pairs.write_text("v2")
+    run_pipeline(cfg)
+    assert calls == {"model": 1, "data": 2, "sft": 1}  # the toy data artefact is the same: sft skips
+    card.write_text("name: b")
+    run_pipeline(cfg)
+    assert calls == {"model": 1, "data": 3, "sft": 2}  # the card feeds every stage after model
+
+
 def test_tampered_output_reruns(toy_stages):
     cfg, calls, _ = toy_stages
     run_pipeline(cfg)

@@ -11,7 +11,14 @@ import pytest
 from onbrand.cli import main
 from onbrand.data.brand import load_brand
 from onbrand.data.records import canonicalize
-from onbrand.data.report import annotator_votes, banned_in_chosen, length_bias, near_duplicate_rate
+from onbrand.data.report import (
+    _md_openings,
+    annotator_votes,
+    banned_in_chosen,
+    chosen_only_openings,
+    length_bias,
+    near_duplicate_rate,
+)
 
 REPO = Path(__file__).resolve().parents[2]
 CARD = REPO / "configs" / "brands" / "aurora.yaml"
@@ -34,6 +41,19 @@ def test_length_bias_share_ratio_and_goodhart_flag():
     lb = length_bias(recs, toks)
     assert lb["chosen_longer_share_tokens"] == 0.0 and lb["goodhart_warning"] is False
     assert lb["median_length_ratio_tokens"] == pytest.approx(5 / 9, abs=1e-4)
+
+
+def test_openings_only_chosen_answers_have_are_flagged():
+    recs = [_rec(f"q{i}", f"Thanks for asking! Answer {i}.", f"Nope {i}.") for i in range(11)]
+    recs += [_rec(f"p{i}", f"Sure, the <b>|lamp {i}", f"Sure, the <b>|lamp is bad {i}") for i in range(12)]
+    recs += [_rec(f"r{i}", f"Glad you asked {i}", f"x {i}") for i in range(9)]  # under min_count
+    recs += [_rec("s", "Thanks for asking, no.", "Thanks for asking, maybe.")]  # 11 of 12 still >= 0.9
+    op = chosen_only_openings(recs, share=0.9)
+    assert op["flagged"] == [{"opening": "thanks for asking", "chosen": 12, "rejected": 1}]
+    assert chosen_only_openings(recs, share=0.95)["flagged"] == []  # 12/13 < 0.95
+    op["flagged"].append({"opening": "<script>|x", "chosen": 10, "rejected": 0})
+    md = "\n".join(_md_openings({"chosen_only_openings": op}))
+    assert "| thanks for asking | 12 | 1 |" in md and "&lt;script&gt;\\|x" in md and "<script>" not in md
 
 
 def test_banned_hits_in_chosen_are_counted():
