@@ -26,7 +26,7 @@ from typing import Any
 import yaml
 
 from onbrand.data.brand import load_brand
-from onbrand.data.records import canonicalize
+from onbrand.data.records import canonicalize, normalize_text
 from onbrand.data.report import near_duplicate_rate
 from onbrand.runs import atomic_write_text
 
@@ -90,8 +90,8 @@ def render_pair(
     # A sentence-ending opener ("Not happy. ") starts a new sentence; "Quick question: " does not.
     prompt = _cap(opener) + (_cap(q) if not opener or opener.rstrip()[-1] in ".?!" else q)
     a = item["a"][combo[1]].format(**slots)
-    chosen = ch["leads"][rng.randrange(len(ch["leads"]))] + a + ch["tails"][rng.randrange(len(ch["tails"]))]
-    chosen = _cap(chosen)
+    lead = ch["leads"][rng.randrange(len(ch["leads"]))]
+    chosen = _cap(lead + a + ch["tails"][rng.randrange(len(ch["tails"]))])
     pick = {name: vals[rng.randrange(len(vals))] for name, vals in fillers.items()}
     for key, vals in item.items():  # item-level slots for rejected styles (blame, cure, bash, ...)
         if key not in ("q", "a", "p", "c") and isinstance(vals, list):
@@ -104,12 +104,20 @@ def render_pair(
     for key in ("fix", "promise_item"):
         if key in values:
             values[f"{key}_upper"] = values[key].upper()
+    # A pleasantry lead ("Thanks for asking. ") only ever on the chosen side is a spurious feature:
+    # DPO learned it as "the brand" and opened every channel with it, complaints included (dropping
+    # the apology). Channels marked lead_on_rejected put the same lead on the rejected side too.
+    prefix = lead if ch.get("lead_on_rejected") else ""
     rejected = {}
     for style, tpl in ch["rejected_styles"].items():
         try:
-            rejected[style] = _cap(tpl.format(**values))
+            text = tpl.format(**values)
         except KeyError:
             continue  # this style needs a slot the item does not have
+        with_lead = _cap(prefix + text)
+        # only the case differs (shouting the answer): the lead must stay, or the pair is "identical"
+        same = normalize_text(with_lead) == normalize_text(chosen)
+        rejected[style] = _cap(text) if same else with_lead
     return prompt, chosen, rejected
 
 
