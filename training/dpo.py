@@ -142,8 +142,7 @@ def make_step_fn(unwrapped: PackedModel, tok, cfg: DPOConfig, device):
     """
     state: dict[str, float] = {}
 
-    def begin_step(mine, reduce_sum):
-        world = reduce_sum(1.0)
+    def begin_step(mine, world, reduce_sum):
         tokens = reduce_sum(float(sum(len(p.chosen) for p in mine)))
         state["nll_scale"] = len(mine) * world / max(tokens, 1.0)
 

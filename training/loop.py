@@ -2,8 +2,8 @@
 
 A recipe supplies ``step_fn(model, pairs) -> (loss, metrics)`` for one micro-batch of
 :class:`~onbrand.training.batching.TokenizedPair` (loss = mean over those pairs; metrics are
-per-micro-batch means as floats or 0-d tensors). An optional ``step_fn.begin_step(mine, reduce_sum)``
-is called once per optimizer step with this rank's pairs and a cross-rank float sum, for terms
+per-micro-batch means as floats or 0-d tensors). An optional ``step_fn.begin_step(mine, world, reduce_sum)``
+is called once per optimizer step with this rank's pairs, the world size and a cross-rank float sum, for terms
 normalised over the whole global batch (DPO's token-mean NLL). This loop is written by hand rather than on
 ``transformers.Trainer`` because the packed batches (one row holds many pairs, 4D masks) and the
 hidden-state-only loss do not fit Trainer's padded-batch/logits contract; ``accelerate`` still does
@@ -205,7 +205,7 @@ def run_loop(
             chunks = [mine[i : i + micro] for i in range(0, len(mine), micro)]
             begin = getattr(step_fn, "begin_step", None)
             if begin is not None:  # step-level context (e.g. token counts over the global batch)
-                begin(mine, lambda v: _reduce_sum(acc, v))
+                begin(mine, world, lambda v: _reduce_sum(acc, v))
             sums: dict[str, float] = {}
             for j, chunk in enumerate(chunks):
                 sync = contextlib.nullcontext() if j == len(chunks) - 1 else acc.no_sync(wrapped)
@@ -230,7 +230,7 @@ def run_loop(
             opt.zero_grad(set_to_none=True)
             dt = time.perf_counter() - t0
             metrics = _reduce(acc, sums, float(len(mine)))
-            tok = _reduce(acc, {"t": float(tokens_of(mine))}, 1.0)["t"] * world
+            tok = _reduce_sum(acc, float(tokens_of(mine)))
             metrics.update(
                 grad_norm=float(grad_norm), lr=lr, step_seconds=dt, tokens_per_s=tok / dt,
                 peak_memory_mb=peak_memory_mb(acc.device), world_size=world, epoch=(step - 1) * cfg.batch_size / len(train),

@@ -16,6 +16,8 @@ from onbrand.kernels.lora_ops import grouped_lora_matmul
 
 
 class GroupedPunicaWrapperCPU(PunicaWrapperCPU):
+    _single: int | None = None  # set by update_metadata, once per step
+
     def update_metadata(self, *args, **kwargs):
         super().update_metadata(*args, **kwargs)
         # Once per step, not once per op: the batch's single adapter slot (-1 = none), or None when
@@ -29,7 +31,7 @@ class GroupedPunicaWrapperCPU(PunicaWrapperCPU):
 
     def _weight(self, x, y, w):
         """The single adapter's (out, in) weight when the fast path applies, else None."""
-        single = getattr(self, "_single", None)
+        single = self._single
         if single is None or single < 0 or not x.dtype == y.dtype == w.dtype:
             return None
         return w[single, 0] if w.dim() == 4 else w[single]
@@ -38,7 +40,7 @@ class GroupedPunicaWrapperCPU(PunicaWrapperCPU):
         idx = self._idx(x, y)
         if idx is None:
             return False
-        if getattr(self, "_single", None) == -1:  # no adapter in this batch
+        if self._single == -1:  # no adapter in this batch
             y.zero_()
             return True
         wl = self._weight(x, y, w)
@@ -56,7 +58,7 @@ class GroupedPunicaWrapperCPU(PunicaWrapperCPU):
             return False
         rows = w.shape[-2]
         size = min(size if size is not None else rows, rows, y.shape[1] - offset)
-        if getattr(self, "_single", None) == -1:
+        if self._single == -1:
             if not add:
                 y[:, offset : offset + size] = 0
             return True
