@@ -5,10 +5,12 @@
   bad row with file, line, field, reason) and ``DIR/import_summary.json``; prints the counts. Exit 1
   when nothing valid remains, or with ``--strict`` when any row was quarantined.
 - ``validate FILE...``: the same checks, writes nothing (prints every problem).
-- ``snapshot [--config C] [key=value ...]``: import + dedup + tokenizer checks + split -> snapshot.
+- ``snapshot [--config C] [key=value ...]``: import + dedup + tokenizer checks + leak checks +
+  near-duplicate-aware train/dev/test/judge split -> snapshot (docs/data.md, "Splits and leakage").
 - ``report [--config C] [--snapshot DIR] [--out DIR]``: data quality report (Markdown, JSON, PNG).
 
-Without FILE arguments, ``import``/``validate`` read the config's ``test_inputs`` and ``inputs``.
+Without FILE arguments, ``import``/``validate`` read the config's fixed split files
+(``test_inputs``, ``dev_inputs``, ``judge_inputs``) and ``inputs``.
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ def _cfg(args):
 
 
 def _files(args, cfg) -> list[str]:
-    return list(args.files) or [*cfg.test_inputs, *cfg.inputs]
+    return list(args.files) or [*cfg.test_inputs, *cfg.dev_inputs, *cfg.judge_inputs, *cfg.inputs]
 
 
 def _brand_id(args, cfg) -> str | None:

@@ -19,15 +19,25 @@ class DataConfig:
 
     name: str = "demo"
     inputs: list[str] = field(default_factory=list)
-    # Files whose records ALL go to the test split (the fixed eval split); their prompts are
-    # removed from train (reason split_leak) so no prompt is in both.
+    # Files whose records ALL go to the test split (the fixed eval split); pool records whose
+    # prompt or chosen text near-duplicates one of them are kept out (reason split_leak).
     test_inputs: list[str] = field(default_factory=list)
+    # The same for the dev split (all tuning) and the judge split (reward model of the eval).
+    # Priority between fixed files: test > dev > judge (the lower split's near-twin is quarantined).
+    dev_inputs: list[str] = field(default_factory=list)
+    judge_inputs: list[str] = field(default_factory=list)
     format: str = "auto"
     brand: str = ""  # brand card YAML; records without a brand get its id
     tokenizer: str = "embedded:smollm2-135m-instruct"  # "" skips the tokenizer checks
     max_length: int = 512  # prompt + completion tokens, system prompt included
     min_completion_tokens: int = 8  # truncation must leave at least this many completion tokens
-    test_fraction: float = 0.2  # used only when test_inputs is empty
+    # Share of the pool's (``inputs``) near-duplicate clusters per split, per channel; each one is
+    # used only when that split has no fixed file. The rest is train.
+    test_fraction: float = 0.2
+    dev_fraction: float = 0.0
+    judge_fraction: float = 0.0
+    near_dup_threshold: float = 0.8  # word 3-gram Jaccard of prompt or chosen: same cluster / a leak
+    adversarial_check: bool = True  # quarantine non-test records near the card's adversarial prompts
     seed: int = 0
     max_chars: int = 20_000  # per-row size cap ("absurd size")
     out: str = "runs/demo/snapshot"
@@ -39,10 +49,26 @@ class DataConfig:
             raise ValueError(f"format must be one of {', '.join(FORMATS)}, got {self.format!r}")
         check_range("max_length", self.max_length, 16, 1_000_000)
         check_range("min_completion_tokens", self.min_completion_tokens, 1, self.max_length)
-        check_range("test_fraction", self.test_fraction, 0.0, 1.0, hi_open=True)
+        for name in ("test_fraction", "dev_fraction", "judge_fraction"):
+            check_range(name, getattr(self, name), 0.0, 1.0, hi_open=True)
+        used = {s: getattr(self, f"{s}_fraction") for s in self.pool_splits}
+        if sum(used.values()) >= 1.0:
+            parts = " + ".join(f"{s}_fraction {v}" for s, v in used.items())
+            raise ValueError(f"{parts} must be < 1 (the rest of the pool is train)")
+        check_range("near_dup_threshold", self.near_dup_threshold, 0.0, 1.0, lo_open=True)
         check_range("max_chars", self.max_chars, 1, None)
         if not self.out:
             raise ValueError("out must be a directory path, got ''")
+
+    @property
+    def fixed_inputs(self) -> dict[str, list[str]]:
+        """Fixed split files in priority order (test > dev > judge)."""
+        return {"test": self.test_inputs, "dev": self.dev_inputs, "judge": self.judge_inputs}
+
+    @property
+    def pool_splits(self) -> list[str]:
+        """Splits the pool (``inputs``) fills by fraction: those without a fixed file."""
+        return [s for s, files in self.fixed_inputs.items() if not files]
 
     @property
     def report_path(self) -> str:

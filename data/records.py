@@ -51,7 +51,7 @@ REASONS = {
     "duplicate": "exact duplicate of an earlier record (after normalization)",
     "too_long": "prompt leaves no room for the completion within max_length",
     "template_mismatch": "tokenized prompt is not a prefix of tokenized prompt+completion",
-    "split_leak": "prompt also appears in the fixed test split",
+    "split_leak": "prompt or chosen text near-duplicates a record of another split (or an adversarial prompt)",
 }
 
 

@@ -9,7 +9,10 @@ Figures:
 - openings (first 3 words) that only ever start chosen answers: a feature DPO learns as "the
   brand" whether or not the card asks for it;
 - near-duplicates: share of records with another record whose word 3-gram Jaccard similarity
-  (normalized prompt + chosen + rejected) is >= 0.8;
+  (normalized prompt + chosen + rejected) is >= 0.8, and the chosen near-twin rate (word 5-gram
+  Jaccard > 0.8 between chosen answers; onbrand.data.similarity);
+- leakage: the manifest's maximum cross-split similarity per split pair and the closest pairs
+  (with short excerpts); warnings when train < 200 pairs or test < 50 prompts;
 - per-annotator counts, agreement on pairs judged by several annotators (Cohen's kappa per pair of
   annotators, Krippendorff's alpha overall). A vote is which of the two texts the annotator
   preferred, with the two texts in a fixed (hash) order, so agreement has two real categories;
@@ -20,55 +23,22 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import html
-import itertools
 import re
 import statistics
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
+from onbrand.data.leakage import leakage_section, md_leakage, size_warnings
+from onbrand.data.leakage import md_escape as _md_escape
 from onbrand.data.records import normalize_text
+from onbrand.data.similarity import chosen_near_twin_rate, near_duplicate_rate  # noqa: F401 (re-export)
+from onbrand.data.similarity import messages_text as _text
 from onbrand.runs import atomic_write_json, atomic_write_text, read_json
 
 GOODHART_SHARE = 0.65
 NEAR_DUP_JACCARD = 0.8
 OPENING_MIN_COUNT = 10
-NEAR_DUP_MAX_RECORDS = 5000  # O(n^2) comparison; above this a deterministic sample is used
-
-
-def _text(messages: list[dict[str, str]]) -> str:
-    return "\n".join(m["content"] for m in messages)
-
-
-def _shingles(text: str, n: int = 3) -> set[str]:
-    words = re.findall(r"\w+", normalize_text(text))  # punctuation does not make a text new
-    return {" ".join(words[i : i + n]) for i in range(max(1, len(words) - n + 1))}
-
-
-def near_duplicate_rate(records: list[dict[str, Any]], threshold: float = NEAR_DUP_JACCARD) -> dict[str, Any]:
-    """``{"rate", "records_with_near_duplicate", "pairs", "threshold", "compared"}``."""
-    recs = sorted(records, key=lambda r: r.get("id") or "")[:NEAR_DUP_MAX_RECORDS]
-    sets = [
-        _shingles(_text(r["prompt"]) + "\n" + _text(r["chosen"]) + "\n" + _text(r["rejected"])) for r in recs
-    ]
-    flagged: set[int] = set()
-    pairs = 0
-    for i, j in itertools.combinations(range(len(sets)), 2):
-        a, b = sets[i], sets[j]
-        if min(len(a), len(b)) < threshold * max(len(a), len(b)):
-            continue  # Jaccard <= min/max: cannot reach the threshold
-        if len(a & b) / len(a | b) >= threshold:
-            pairs += 1
-            flagged.update((i, j))
-    n = len(recs)
-    return {
-        "rate": round(len(flagged) / n, 4) if n else 0.0,
-        "records_with_near_duplicate": len(flagged),
-        "pairs": pairs,
-        "threshold": threshold,
-        "compared": n,
-    }
 
 
 def length_bias(
@@ -166,7 +136,10 @@ def build_report(snapshot: str | Path, card=None) -> tuple[dict[str, Any], dict[
         "length_bias": {
             name: length_bias(recs, token_lengths) for name, recs in [("all", every), *splits.items()]
         },
-        "near_duplicates": near_duplicate_rate(every),
+        "near_duplicates": near_duplicate_rate(every, NEAR_DUP_JACCARD),
+        "chosen_near_twins": chosen_near_twin_rate(every),
+        "leakage": leakage_section(manifest, splits),
+        "warnings": size_warnings(splits),
         "chosen_only_openings": chosen_only_openings(splits.get("train", every)),
         "annotators": dict(per_annotator.most_common()),
         "agreement": agreement_report(annotator_votes(every)),
@@ -218,20 +191,23 @@ def _plot(path: Path, splits: dict[str, list[dict[str, Any]]], token_lengths) ->
     plt.close(fig)
 
 
-def _md_escape(text: str) -> str:
-    return html.escape(str(text)).replace("|", "\\|")
-
-
-def _md_length(rep: dict[str, Any]) -> list[str]:
-    """Title and the length-bias section."""
-    lb = rep["length_bias"]["all"]
-    share = lb.get("chosen_longer_share_tokens", lb.get("chosen_longer_share_chars", 0.0))
+def _md_title(rep: dict[str, Any]) -> list[str]:
+    """Title, split counts and the too-few-examples warnings."""
     lines = [
         "# Data quality report",
         "",
         f"Snapshot `{rep['snapshot_id'][:16]}`: "
         + ", ".join(f"{k} {v['pairs']} pairs" for k, v in rep["counts"].items()),
         "",
+    ]
+    return lines + [f"> **Warning**: {_md_escape(w)}.\n" for w in rep.get("warnings", [])]
+
+
+def _md_length(rep: dict[str, Any]) -> list[str]:
+    """The length-bias section."""
+    lb = rep["length_bias"]["all"]
+    share = lb.get("chosen_longer_share_tokens", lb.get("chosen_longer_share_chars", 0.0))
+    lines = [
         "## Length bias",
         "",
         f"Chosen is the longer completion in **{share:.1%}** of pairs "
@@ -278,42 +254,41 @@ def _md_openings(rep: dict[str, Any]) -> list[str]:
 
 def _md_brand(rep: dict[str, Any]) -> list[str]:
     """Brand card checks: banned hits in chosen, rule failures of rejected."""
-    lines: list[str] = []
-    if "banned_in_chosen" in rep:
-        b = rep["banned_in_chosen"]
+    if "banned_in_chosen" not in rep:
+        return []
+    b = rep["banned_in_chosen"]
+    lines = [
+        "## Brand card checks",
+        "",
+        f"Banned-phrase/claim hits in **chosen**: **{b['hits']}**"
+        + (" (the data contradicts the brand card)" if b["hits"] else "")
+        + ".",
+        "",
+    ]
+    for ex in b["examples"]:
+        lines.append(f"- `{ex['id'][:12]}` {_md_escape(ex['rule'])}: {_md_escape(ex['detail'])}")
+    if rep["channels_not_in_card"]:
         lines += [
-            "## Brand card checks",
-            "",
-            f"Banned-phrase/claim hits in **chosen**: **{b['hits']}**"
-            + (" (the data contradicts the brand card)" if b["hits"] else "")
-            + ".",
+            "Channels the brand card does not define (only channel-independent rules checked): "
+            + ", ".join(f"{_md_escape(k)} ({v})" for k, v in rep["channels_not_in_card"].items()),
             "",
         ]
-        for ex in b["examples"]:
-            lines.append(f"- `{ex['id'][:12]}` {_md_escape(ex['rule'])}: {_md_escape(ex['detail'])}")
-        if rep["channels_not_in_card"]:
-            lines += [
-                "Channels the brand card does not define (only channel-independent rules checked): "
-                + ", ".join(f"{_md_escape(k)} ({v})" for k, v in rep["channels_not_in_card"].items()),
-                "",
-            ]
-        rf = rep["rejected_rule_failures"]
-        lines += [
-            f"Rejected completions failing at least one card rule: {rf['share_failing']:.1%}.",
-            "",
-            "| rule | rejected failing |",
-            "|---|---|",
-        ]
-        lines += [f"| {_md_escape(k)} | {v} |" for k, v in rf["by_rule"].items()]
-        lines.append("")
+    rf = rep["rejected_rule_failures"]
+    lines += [
+        f"Rejected completions failing at least one card rule: {rf['share_failing']:.1%}.",
+        "",
+        "| rule | rejected failing |",
+        "|---|---|",
+    ]
+    lines += [f"| {_md_escape(k)} | {v} |" for k, v in rf["by_rule"].items()]
+    lines.append("")
     return lines
 
 
 def _md_duplicates_agreement(rep: dict[str, Any]) -> list[str]:
     """Exact/near duplicates, annotator counts and agreement."""
-    lines: list[str] = []
     nd = rep["near_duplicates"]
-    lines += [
+    lines = [
         "## Duplicates",
         "",
         f"Exact duplicates removed at import: {rep['import'].get('duplicates', 0)}. Near-duplicates "
@@ -321,6 +296,15 @@ def _md_duplicates_agreement(rep: dict[str, Any]) -> list[str]:
         f"{nd['compared']} records ({nd['rate']:.1%}), {nd['pairs']} pairs.",
         "",
     ]
+    tw = rep.get("chosen_near_twins")
+    if tw:
+        lines += [
+            f"Chosen answers with a near-twin among the other chosen answers (word {tw['n']}-gram "
+            f"Jaccard > {tw['threshold']}): **{tw['rate']:.1%}** ({tw['records_with_near_twin']} of "
+            f"{tw['compared']}). A high rate means a few answer variants recombined: the model can "
+            "memorise them, and a test answer may be a train answer.",
+            "",
+        ]
     lines += ["## Annotators and agreement", "", "| annotator | pairs |", "|---|---|"]
     lines += [f"| {_md_escape(a)} | {n} |" for a, n in rep["annotators"].items()] or ["| (none) | 0 |"]
     ag = rep["agreement"]
@@ -342,10 +326,9 @@ def _md_duplicates_agreement(rep: dict[str, Any]) -> list[str]:
 
 def _md_channels_import(rep: dict[str, Any]) -> list[str]:
     """Channel balance per split and the import/quarantine counts."""
-    lines: list[str] = []
     chans = sorted({c for v in rep["channel_balance"].values() for c in v})
     splits = list(rep["channel_balance"])
-    lines += [
+    lines = [
         "## Channel balance",
         "",
         "| channel | " + " | ".join(splits) + " |",
@@ -374,29 +357,37 @@ def _md_channels_import(rep: dict[str, Any]) -> list[str]:
 
 def _md_tokenization(rep: dict[str, Any]) -> list[str]:
     """Token-length table and truncation figures."""
-    lines: list[str] = []
     tok = rep.get("tokenization")
-    if tok:
-        t = tok["tokens"]
-        lines += [
-            "",
-            "## Tokenization",
-            "",
-            f"Tokenizer `{tok['tokenizer']}`, max_length {tok['max_length']}: "
-            f"{tok['pairs_exceeding_max_length']} pairs exceed it ({tok['pairs_truncated']} truncated, "
-            f"{tok['pairs_dropped_too_long']} dropped whole), {tok['pairs_template_mismatch']} template mismatches.",
-            "",
-            "| tokens | min | p50 | p95 | max |",
-            "|---|---|---|---|---|",
-        ]
-        lines += [f"| {k} | {v['min']} | {v['p50']} | {v['p95']} | {v['max']} |" for k, v in t.items()]
+    if not tok:
+        return []
+    t = tok["tokens"]
+    lines = [
+        "",
+        "## Tokenization",
+        "",
+        f"Tokenizer `{tok['tokenizer']}`, max_length {tok['max_length']}: "
+        f"{tok['pairs_exceeding_max_length']} pairs exceed it ({tok['pairs_truncated']} truncated, "
+        f"{tok['pairs_dropped_too_long']} dropped whole), {tok['pairs_template_mismatch']} template mismatches.",
+        "",
+        "| tokens | min | p50 | p95 | max |",
+        "|---|---|---|---|---|",
+    ]
+    lines += [f"| {k} | {v['min']} | {v['p50']} | {v['p95']} | {v['max']} |" for k, v in t.items()]
     return lines
 
 
 def render_markdown(rep: dict[str, Any]) -> str:
     """The report as Markdown (user text is HTML-escaped)."""
     lines: list[str] = []
-    for section in (_md_length, _md_brand, _md_duplicates_agreement, _md_channels_import, _md_tokenization):
+    for section in (
+        _md_title,
+        _md_length,
+        md_leakage,
+        _md_brand,
+        _md_duplicates_agreement,
+        _md_channels_import,
+        _md_tokenization,
+    ):
         lines += section(rep)
     return "\n".join(lines) + "\n"
 
@@ -441,6 +432,8 @@ def main(argv: list[str] | None = None) -> int:
         + (" (GOODHART WARNING)" if lb.get("goodhart_warning") else "")
         + (f", banned hits in chosen: {rep['banned_in_chosen']['hits']}" if card else "")
         + f", near-duplicates {rep['near_duplicates']['rate']:.1%}"
+        + f", chosen near-twins {rep['chosen_near_twins']['rate']:.1%}"
+        + "".join(f"\nwarning: {w}" for w in rep["warnings"])
     )
     return 0
 

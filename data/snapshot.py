@@ -2,16 +2,24 @@
 
 Layout (docs/architecture.md)::
 
-    <snap>/train.parquet  <snap>/test.parquet   columns of the canonical record
-    <snap>/manifest.json  snapshot_id, schema_version, counts, sources, brand, tokenization, import
+    <snap>/{train,dev,test,judge}.parquet   columns of the canonical record (dev/judge may be empty)
+    <snap>/manifest.json  snapshot_id, schema_version, counts, sources, brand, tokenization, import,
+                          leakage (max cross-split similarity per split pair, the closest pairs)
     <snap>/quarantine.jsonl  every row not in the snapshot, with file, line, field and reason
 
 ``snapshot_id`` = sha256 of the content: the canonical records (provenance ``source`` excluded) of
 each split, sorted by id, plus the schema version. Same inputs -> same id; any changed pair -> new id.
 
-Split: records from ``cfg.test_inputs`` form the fixed test split (their prompts are removed from
-train, reason ``split_leak``). Otherwise prompt groups (same normalized prompt) are assigned to test
-deterministically by ``sha256(seed, group)`` rank, per channel (stratified), ``test_fraction`` each.
+Splits (docs/data.md, "Splits and leakage"): records of ``test_inputs`` / ``dev_inputs`` /
+``judge_inputs`` all go to that split. A record with a near-twin (prompt or chosen text, word
+3-gram Jaccard >= ``near_dup_threshold``, or the same normalized prompt) in a higher-priority split
+(test > dev > judge > the pool) is quarantined with reason ``split_leak`` naming the twin. The pool
+(``inputs``) is clustered over the same near-duplicate relation (union-find) and each cluster goes
+whole to one split: per channel, deterministically by ``sha256(seed, cluster key)`` rank,
+``<split>_fraction`` of the clusters for each split without a fixed file, the rest to train.
+Records outside test that near-duplicate one of the brand card's adversarial prompts are
+quarantined too (``split_leak``; ``adversarial_check``). The twin checks and the manifest's
+``leakage`` block are ``onbrand.data.leakage``; this module imports, splits and writes.
 """
 
 from __future__ import annotations
@@ -23,11 +31,20 @@ from pathlib import Path
 from typing import Any
 
 from onbrand.data.config import DataConfig
+from onbrand.data.leakage import (
+    FIXED_SPLITS,
+    SPLITS,
+    Shingled,
+    drop_adversarial,
+    drop_fixed_leaks,
+    leakage,
+    neighbours,
+)
 from onbrand.data.records import FIELDS, SCHEMA_VERSION, prompt_key
+from onbrand.data.similarity import UnionFind
 from onbrand.data.validate import ImportStats, Quarantined, import_files, quarantine_line
 from onbrand.runs import atomic_dir, atomic_write_json, now_iso, read_json, sha256_file, sha256_json
 
-SPLITS = ("train", "test")
 MANIFEST = "manifest.json"
 PKG_PREFIX = "pkg:"
 
@@ -74,31 +91,52 @@ def _rank(seed: int, key: str) -> str:
 
 
 def split_records(
-    records: list[dict[str, Any]], test_fraction: float, seed: int
-) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """Group by prompt (no prompt in both splits), stratify by channel, deterministic by seed."""
-    groups: dict[str, list[dict[str, Any]]] = defaultdict(list)
-    for r in records:
-        groups[prompt_key(r)].append(r)
-    by_channel: dict[str, list[str]] = defaultdict(list)
-    for key, recs in groups.items():
-        channel = Counter(r.get("channel") or "" for r in recs).most_common(1)[0][0]
-        by_channel[channel].append(key)
-    test_keys: set[str] = set()
-    for keys in by_channel.values():
-        keys.sort(key=lambda k: _rank(seed, k))
-        test_keys.update(keys[: int(round(test_fraction * len(keys)))])
-    train = [r for k, g in groups.items() if k not in test_keys for r in g]
-    test = [r for k, g in groups.items() if k in test_keys for r in g]
-    return train, test
+    records: list[dict[str, Any]],
+    fractions: dict[str, float],
+    seed: int,
+    threshold: float = 0.8,
+    sh: Shingled | None = None,
+) -> dict[str, list[dict[str, Any]]]:
+    """Cluster near-duplicates (prompt OR chosen, plus identical prompts) with union-find; each
+    cluster goes whole to one split: per channel (stratified), clusters ranked by
+    ``sha256(seed, cluster key)``, the first ``fractions[split]`` of them to each split in order,
+    the rest to train. The cluster key is its smallest prompt key (a lone prompt group keeps the
+    rank it had before clustering existed)."""
+    sh = sh or Shingled()
+    uf = UnionFind(len(records))
+    for i, near in neighbours(records, threshold, sh).items():
+        for _, _, j in near:
+            uf.union(i, j)
+    by_channel: dict[str, list[tuple[str, list[int]]]] = defaultdict(list)
+    for members in uf.groups():
+        counts = Counter(records[i].get("channel") or "" for i in members)
+        channel = min(counts, key=lambda c: (-counts[c], c))
+        by_channel[channel].append((min(prompt_key(records[i]) for i in members), members))
+    out: dict[str, list[dict[str, Any]]] = {s: [] for s in ("train", *fractions)}
+    for clusters in by_channel.values():
+        clusters.sort(key=lambda c: _rank(seed, c[0]))
+        start, acc = 0, 0.0
+        for name, frac in fractions.items():
+            acc += frac
+            stop = int(round(acc * len(clusters)))
+            out[name] += [records[i] for _, m in clusters[start:stop] for i in m]
+            start = max(start, stop)
+        out["train"] += [records[i] for _, m in clusters[start:] for i in m]
+    return out
+
+
+def _drop_adversarial(records, card, threshold, sh, problems: list[Quarantined]) -> list[dict[str, Any]]:
+    kept, dropped = drop_adversarial(records, card, threshold, sh)
+    problems += dropped
+    return kept
 
 
 def _import(cfg: DataConfig, brand_id: str | None, stats: ImportStats, problems: list[Quarantined]):
-    """Fixed test files first (a pair in both stays in test), then train files."""
+    """Fixed files first in priority order (a pair in both stays in the higher split), then the pool."""
     seen: set[bytes] = set()
     by_id: dict[str, dict[str, Any]] = {}
     out: dict[str, list[dict[str, Any]]] = {}
-    for split, paths in (("test", cfg.test_inputs), ("train", cfg.inputs)):
+    for split, paths in (*cfg.fixed_inputs.items(), ("pool", cfg.inputs)):
         recs = []
         for item in import_files(
             [resolve_input(p) for p in paths], cfg.format, cfg.max_chars, stats, brand_id, seen=seen
@@ -111,7 +149,7 @@ def _import(cfg: DataConfig, brand_id: str | None, stats: ImportStats, problems:
                 recs.append(item)
                 by_id[item["id"]] = item
         out[split] = recs
-    return out["train"], out["test"]
+    return {s: out[s] for s in FIXED_SPLITS}, out["pool"]
 
 
 def _merge_votes(kept: dict[str, Any], dup: dict[str, Any]) -> None:
@@ -129,8 +167,20 @@ def _relabel_sources(records: list[dict[str, Any]], inputs: list[str]) -> None:
             r["source"] = {**r["source"], "file": names[r["source"]["file"]]}
 
 
+def _tokenizer_check(cfg: DataConfig, card, records: list[dict[str, Any]], problems: list[Quarantined]):
+    """Drop pairs that fail the tokenizer checks; returns (kept ids, token stats)."""
+    from onbrand.data.tokcheck import check_records
+    from onbrand.models import load_tokenizer
+
+    tok = load_tokenizer(cfg.tokenizer)
+    sp = card.system_prompt() if card else None
+    kept, dropped, tok_stats = check_records(records, tok, sp, cfg.max_length, cfg.min_completion_tokens)
+    problems += dropped
+    return {r["id"] for r in kept}, tok_stats
+
+
 def collect(cfg: DataConfig) -> dict[str, Any]:
-    """Import, dedup, tokenizer-check and split; returns everything the writer needs."""
+    """Import, dedup, tokenizer-check, leak-check and split; returns everything the writer needs."""
     card = None
     if cfg.brand:
         from onbrand.data.brand import load_brand
@@ -138,45 +188,39 @@ def collect(cfg: DataConfig) -> dict[str, Any]:
         card = load_brand(resolve_input(cfg.brand))
     stats = ImportStats()
     problems: list[Quarantined] = []
-    train, test = _import(cfg, card.id if card else None, stats, problems)
-    all_inputs = [*cfg.test_inputs, *cfg.inputs]
+    fixed, pool = _import(cfg, card.id if card else None, stats, problems)
+    all_inputs = [*cfg.test_inputs, *cfg.dev_inputs, *cfg.judge_inputs, *cfg.inputs]
+    names = {str(resolve_input(p)): p for p in all_inputs}
     for q in problems:
-        q.file = {str(resolve_input(p)): p for p in all_inputs}.get(q.file, q.file)
-    _relabel_sources(train + test, all_inputs)
+        q.file = names.get(q.file, q.file)
+    everything = [r for recs in fixed.values() for r in recs] + pool
+    _relabel_sources(everything, all_inputs)
     tok_stats: dict[str, Any] | None = None
     if cfg.tokenizer:
-        from onbrand.data.tokcheck import check_records
-        from onbrand.models import load_tokenizer
-
-        tok = load_tokenizer(cfg.tokenizer)
-        sp = card.system_prompt() if card else None
-        kept, dropped, tok_stats = check_records(
-            train + test, tok, sp, cfg.max_length, cfg.min_completion_tokens
-        )
-        keep_ids = {r["id"] for r in kept}
-        train = [r for r in train if r["id"] in keep_ids]
-        test = [r for r in test if r["id"] in keep_ids]
-        problems += dropped
-    if cfg.test_inputs:
-        test_keys = {prompt_key(r) for r in test}
-        leaks = [r for r in train if prompt_key(r) in test_keys]
-        for r in leaks:
-            msg = "prompt also in the fixed test split: kept out of train"
-            problems.append(
-                Quarantined(r["source"]["file"], r["source"]["line"], "split_leak", "prompt", msg, r["id"])
-            )
-        train = [r for r in train if prompt_key(r) not in test_keys]
-    else:
-        train, test = split_records(train, cfg.test_fraction, cfg.seed)
+        keep_ids, tok_stats = _tokenizer_check(cfg, card, everything, problems)
+        fixed = {s: [r for r in recs if r["id"] in keep_ids] for s, recs in fixed.items()}
+        pool = [r for r in pool if r["id"] in keep_ids]
+    sh = Shingled()
+    adversarial = cfg.adversarial_check and card is not None
+    if adversarial:  # before the leak check: a dropped dev/judge record cannot cost a pool record
+        for s in ("dev", "judge"):
+            fixed[s] = _drop_adversarial(fixed[s], card, cfg.near_dup_threshold, sh, problems)
+    fixed, pool, leak_problems = drop_fixed_leaks(fixed, pool, cfg.near_dup_threshold, sh)
+    problems += leak_problems
+    fractions = {s: getattr(cfg, f"{s}_fraction") for s in cfg.pool_splits}
+    parts = split_records(pool, fractions, cfg.seed, cfg.near_dup_threshold, sh)
+    if adversarial:  # the pool's records outside test
+        for s in ("train", "dev", "judge"):
+            if s in parts:
+                parts[s] = _drop_adversarial(parts[s], card, cfg.near_dup_threshold, sh, problems)
+    splits = {s: sorted(fixed.get(s, []) + parts.get(s, []), key=lambda r: r["id"]) for s in SPLITS}
     return {
         "card": card,
         "stats": stats,
         "problems": problems,
         "tokenization": tok_stats,
-        "splits": {
-            "train": sorted(train, key=lambda r: r["id"]),
-            "test": sorted(test, key=lambda r: r["id"]),
-        },
+        "splits": splits,
+        "leakage": leakage(splits, cfg.near_dup_threshold, sh),
     }
 
 
@@ -200,14 +244,16 @@ def _manifest(cfg: DataConfig, got: dict[str, Any], snapshot_id: str) -> dict[st
         "created_at": now_iso(),
         "counts": counts,
         "quarantined_by_reason": dict(sorted(reasons.items())),
+        "leakage": got["leakage"],
         "import": got["stats"].as_dict(),
         "sources": [
             {
                 "file": p,
-                "split": "test" if p in cfg.test_inputs else "train",
+                "split": split,
                 "sha256": sha256_file(resolve_input(p)),
             }
-            for p in [*cfg.test_inputs, *cfg.inputs]
+            for split, paths in (*cfg.fixed_inputs.items(), ("pool", cfg.inputs))
+            for p in paths
         ],
         "brand": None
         if card is None
@@ -243,7 +289,7 @@ def write_snapshot(cfg: DataConfig, got: dict[str, Any]) -> dict[str, Any]:
 
 def build_snapshot(cfg: DataConfig) -> dict[str, Any]:
     """Import + validate + check + split + write; returns the manifest."""
-    if not cfg.inputs and not cfg.test_inputs:
+    if not cfg.inputs and not any(cfg.fixed_inputs.values()):
         raise ValueError("data config has no inputs (set inputs: [...] or pass files)")
     got = collect(cfg)
     if not any(got["splits"].values()):

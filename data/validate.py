@@ -37,6 +37,9 @@ class Quarantined:
     # For reason "duplicate": the duplicate canonical record (its annotators/tags can be merged
     # into the kept one, so a second annotator's vote is not lost).
     record: dict[str, Any] | None = field(default=None, repr=False, compare=False)
+    record_id: str = ""  # the canonical record's id, when the row became one (e.g. split_leak)
+    # For reason "split_leak": {"id", "split", "field", "similarity"} of the record it leaks to.
+    twin: dict[str, Any] | None = None
 
     def __str__(self) -> str:
         where = f" {self.field}:" if self.field else ""
@@ -303,5 +306,8 @@ def import_files(
 def quarantine_line(q: Quarantined) -> str:
     d = asdict(q)
     d.pop("record", None)
+    for key in ("record_id", "twin"):
+        if not d[key]:
+            d.pop(key)
     d["reason_text"] = REASONS.get(q.reason, "")
     return json.dumps(d, ensure_ascii=False) + "\n"

@@ -84,6 +84,44 @@ def test_near_duplicates_found_and_distinct_texts_not():
     )
 
 
+def test_report_leakage_section_split_counts_and_small_data_warnings(tmp_path):
+    from onbrand.data.config import DataConfig
+    from onbrand.data.report import write_report
+    from onbrand.data.snapshot import build_snapshot
+
+    rows = [
+        {
+            "prompt": f"<script>|{i} Tell me about lamp {i} in the {('red', 'blue', 'green')[i % 3]} room?",
+            "chosen": f"<script>|{i} Lamp {i} has a warm light and a dimmer.",
+            "rejected": f"NO {i}!!",
+        }
+        for i in range(40)
+    ]
+    src = tmp_path / "a.jsonl"
+    src.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = tmp_path / "snap"
+    build_snapshot(
+        DataConfig(inputs=[str(src)], tokenizer="", out=str(out), test_fraction=0.25, dev_fraction=0.25)
+    )
+    rep = write_report(out, out / "report")
+    md = (out / "report" / "report.md").read_text()
+    leak = rep["leakage"]
+    assert set(rep["counts"]) == {"train", "dev", "test", "judge"} and rep["counts"]["dev"]["pairs"] == 10
+    assert (
+        set(leak["max_similarity"]) == {"train|dev", "train|test", "dev|test"} and len(leak["closest"]) == 5
+    )
+    top = leak["closest"][0]
+    assert top["similarity"] == max(leak["max_similarity"].values()) < 0.8
+    assert top["a_excerpt"].startswith("<script>|") and "## Leakage" in md and top["a_id"][:12] in md
+    assert "&lt;script&gt;\\|" in md and "<script>" not in md
+    assert rep["warnings"] == [
+        "train has 20 pairs (< 200): too few to see an effect",
+        "test has 10 prompts (< 50): too few to see an effect",
+    ]
+    assert "> **Warning**: train has 20 pairs (&lt; 200): too few to see an effect." in md
+    assert "Chosen answers with a near-twin" in md and rep["chosen_near_twins"]["compared"] == 40
+
+
 def test_agreement_votes_kappa_matches_sklearn_and_alpha_matches_krippendorff():
     cohen_kappa_score = pytest.importorskip("sklearn.metrics").cohen_kappa_score
 
@@ -141,7 +179,8 @@ def test_cli_demo_import_snapshot_report(tmp_path, monkeypatch, capsys):
     assert rep["banned_in_chosen"]["hits"] == 0 and rep["rejected_rule_failures"]["share_failing"] == 1.0
     assert rep["length_bias"]["all"]["chosen_longer_share_chars"] <= 0.6
     assert rep["near_duplicates"]["rate"] < 0.05
+    assert "## Leakage" in md and rep["leakage"]["recorded"] and rep["warnings"] == []
     counts = rep["counts"]
-    assert counts["train"]["pairs"] >= 400 and counts["test"]["pairs"] >= 80
+    assert counts["train"]["pairs"] >= 200 and counts["test"]["pairs"] >= 50
     assert len(counts["train"]["channels"]) >= 6 and len(rep["import"]["formats"]) >= 5
     assert rep["agreement"]["items_overlapping"] > 0

@@ -66,7 +66,8 @@ def test_manifest_parquet_and_split_without_leakage(tmp_path):
     m = build_snapshot(cfg)
     dd, manifest = load_snapshot(cfg.out)
     assert manifest == m and manifest["schema_version"] == 1 and manifest["brand"]["id"] == "aurora"
-    assert set(dd) == {"train", "test"} and dd["train"].num_rows + dd["test"].num_rows == 60
+    assert set(dd) == {"train", "dev", "test", "judge"} and dd["dev"].num_rows == dd["judge"].num_rows == 0
+    assert dd["train"].num_rows + dd["test"].num_rows == 60
     assert m["counts"]["train"]["pairs"] == dd["train"].num_rows
     assert sum(m["counts"]["test"]["channels"].values()) == dd["test"].num_rows
     train_keys = {prompt_key(r) for r in dd["train"]}
@@ -86,9 +87,9 @@ def test_split_is_deterministic_by_seed():
     from onbrand.data.records import canonicalize
 
     recs = [canonicalize(r) for r in _rows()]
-    a = split_records(recs, 0.3, seed=1)
-    assert [r["id"] for r in a[1]] == [r["id"] for r in split_records(recs, 0.3, seed=1)[1]]
-    assert {r["id"] for r in a[1]} != {r["id"] for r in split_records(recs, 0.3, seed=2)[1]}
+    a = split_records(recs, {"test": 0.3}, seed=1)["test"]
+    assert [r["id"] for r in a] == [r["id"] for r in split_records(recs, {"test": 0.3}, seed=1)["test"]]
+    assert {r["id"] for r in a} != {r["id"] for r in split_records(recs, {"test": 0.3}, seed=2)["test"]}
 
 
 def test_fixed_test_split_wins_and_leaks_are_quarantined(tmp_path):
