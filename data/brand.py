@@ -109,8 +109,11 @@ class Channel:
 
 @dataclass
 class Exemplar:
-    channel: str
+    """An on-brand text. Without ``channel`` it applies to every channel (checked with the
+    channel-independent rules only; voice similarity uses it in every channel's centroid)."""
+
     text: str
+    channel: str | None = None
 
 
 @dataclass
@@ -146,7 +149,7 @@ class BrandCard:
             if bad:
                 raise ValueError(f"rule {rule.id}: unknown channel(s) {bad}; channels: {sorted(known)}")
         for i, ex in enumerate(self.exemplars):
-            if ex.channel not in known:
+            if ex.channel is not None and ex.channel not in known:
                 raise ValueError(f"exemplars.{i}: unknown channel {ex.channel!r}; channels: {sorted(known)}")
             failed = [c for c in self.check(ex.text, ex.channel) if not c.passed]
             if failed:
