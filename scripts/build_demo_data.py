@@ -1,13 +1,17 @@
 """Build a brand's bundled demo preference data from its template bank (deterministic).
 
-    python scripts/build_demo_data.py --brand aurora
-    python scripts/build_demo_data.py --brand <id> --counts channel=N ... --test-per-channel K
+    python scripts/build_demo_data.py --brand aurora [--out DIR]
 
-Reads ``data/brands/<brand>/bank.yaml`` and ``configs/brands/<brand>.yaml``; writes the files named
-in ``--layout`` (one source format per group of channels, so ``onbrand data import`` is exercised)
-plus the fixed test split as canonical JSONL, and prints the balance figures (chosen-longer share,
-near-duplicates, rule checks). Every chosen text must pass every card rule and every rejected text
-must fail at least one, or the script stops with the offending text.
+Reads ``data/brands/<brand>/bank.yaml`` and ``configs/brands/<brand>.yaml``. Whole bank *items*
+(an item with all its product/competitor expansions) go to one split, so a test item's facts and
+phrasings never appear in train: per channel, ``build.splits`` pairs go to test, dev and judge
+(fixed canonical JSONL files) and the rest to train, written in the source formats named in
+``build.layout`` (so ``onbrand data import`` is exercised). Every chosen text must pass every card
+rule and every rejected text must fail at least one, or the script stops with the offending text.
+A rendering whose chosen answer has a near-twin among those already kept (word 5-gram Jaccard >
+0.8) is skipped, and each answer text is used at most ``build.max_uses_per_answer`` times. The
+script prints the balance figures and stops when more than ``build.max_near_twin_rate`` of chosen
+answers still have a near-twin.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ import itertools
 import json
 import random
 import re
-from collections import Counter
+from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Any
 
@@ -28,9 +32,12 @@ import yaml
 from onbrand.data.brand import load_brand
 from onbrand.data.records import canonicalize, normalize_text
 from onbrand.data.report import near_duplicate_rate
+from onbrand.data.similarity import chosen_near_twin_rate, shingles
 from onbrand.runs import atomic_write_text
 
 REPO = Path(__file__).resolve().parent.parent
+SPLITS = ("test", "dev", "judge", "train")  # fill order: the fixed splits first, train gets the rest
+TWIN_N, TWIN_JACCARD = 5, 0.8  # a chosen near-twin: word 5-gram Jaccard strictly above 0.8
 TAGS = {  # card rule id -> annotator reason tag
     "shouting": "tone",
     "exclamation_spam": "tone",
@@ -57,23 +64,44 @@ def _first_sentence(s: str) -> str:
     return m.group(1) if m else s
 
 
-def expand_items(ch: dict[str, Any]) -> list[dict[str, Any]]:
-    """Each bank item, once per value of its ``p``/``c`` list (product or competitor slot)."""
-    out = []
-    for item in ch["items"]:
-        for key in ("p", "c"):
-            if isinstance(item.get(key), list):
-                out += [{**item, key: v} for v in item[key]]
-                break
-        else:
-            out.append(item)
-    return out
+def expand_item(item: dict[str, Any]) -> list[dict[str, Any]]:
+    """One bank item, once per value of its ``p``/``c`` list (product or competitor slot)."""
+    for key in ("p", "c"):
+        if isinstance(item.get(key), list):
+            return [{**item, key: v} for v in item[key]]
+    return [item]
 
 
-def combos(item: dict[str, Any]) -> list[tuple[int, int]]:
-    """(question, answer) variant pairs of an item, ordered so consecutive uses change both."""
-    nq, na = len(item["q"]), len(item["a"])
-    return sorted(itertools.product(range(nq), range(na)), key=lambda qa: ((qa[1] - qa[0]) % na, qa[0]))
+def combos(n_exp: int, n_q: int, n_a: int) -> list[tuple[int, int, int]]:
+    """(expansion, question, answer) triples of an item: every answer once, then every answer
+    again with another expansion and question, and so on (consecutive uses change all three)."""
+    per_a = [
+        sorted(
+            itertools.product(range(n_exp), range(n_q)),
+            key=lambda eq, a=a: ((eq[0] - a) % n_exp, (eq[1] - a - eq[0]) % n_q),
+        )
+        for a in range(n_a)
+    ]
+    return [(*per_a[a][r], a) for r in range(n_exp * n_q) for a in range(n_a)]
+
+
+class TwinIndex:
+    """Chosen answers kept so far, indexed by word 5-gram, to refuse near-twins of them."""
+
+    def __init__(self) -> None:
+        self.sets: list[set[str]] = []
+        self.postings: dict[str, list[int]] = defaultdict(list)
+
+    def has_twin(self, text: str) -> bool:
+        s = shingles(text, n=TWIN_N)
+        shared = Counter(j for g in s for j in self.postings.get(g, ()))
+        return any(k / (len(s) + len(self.sets[j]) - k) > TWIN_JACCARD for j, k in shared.items())
+
+    def add(self, text: str) -> None:
+        s = shingles(text, n=TWIN_N)
+        for g in s:
+            self.postings[g].append(len(self.sets))
+        self.sets.append(s)
 
 
 def render_pair(
@@ -121,6 +149,67 @@ def render_pair(
     return prompt, chosen, rejected
 
 
+def item_pairs(card, name, ch, item, ctx) -> list[dict[str, Any]]:
+    """Every usable rendering of one bank item (all its expansions): distinct prompts, answers
+    used at most ``max_uses`` times, no chosen near-twin of one already kept, checked against the
+    card. ``ctx`` carries the rng, fillers, the twin index and the seen prompts/answer uses."""
+    rng, twins, uses = ctx["rng"], ctx["twins"], ctx["uses"]
+    exp = expand_item(item)
+    out = []
+    for e, q, a in combos(len(exp), len(item["q"]), len(item["a"])):
+        core = normalize_text(item["a"][a].format(p=exp[e].get("p", ""), c=exp[e].get("c", "")))
+        if uses[core] >= ctx["max_uses"]:
+            continue
+        for _ in range(8):  # another opener / lead / tail when the prompt or chosen is taken
+            prompt, chosen, options = render_pair(ch, exp[e], ctx["fillers"], (q, a), rng)
+            if prompt.casefold() not in ctx["prompts"] and not twins.has_twin(chosen):
+                break
+        else:
+            ctx["skipped"] += 1
+            continue
+        bad = [c for c in card.check(chosen, name) if not c.passed]
+        if bad:
+            raise SystemExit(f"chosen breaks the card ({name}): {chosen!r}: {bad}")
+        options = {s: t for s, t in options.items() if any(not c.passed for c in card.check(t, name))}
+        if not options:
+            raise SystemExit(f"no rejected style breaks a rule for {prompt!r}")
+        uses[core] += 1
+        ctx["prompts"].add(prompt.casefold())
+        twins.add(chosen)
+        out.append({"prompt": prompt, "chosen": chosen, "options": options})
+    return out
+
+
+def assign_items(groups: list[list[dict]], want: dict[str, int | None]) -> dict[str, list[dict]]:
+    """Whole items to splits in ``SPLITS`` order: each split takes the subset of the remaining
+    items (first found, in shuffled order) whose pair count reaches its ``want`` with the least
+    overshoot (None: all the rest). Pairs of an item beyond a split's need are dropped, never
+    moved to another split."""
+    todo = list(groups)
+    out: dict[str, list[dict]] = {s: [] for s in SPLITS}
+    for split in SPLITS:
+        need = want.get(split)
+        take = list(range(len(todo))) if need is None else _least_overshoot([len(g) for g in todo], need)
+        for k in take:
+            out[split] += todo[k]
+        todo = [g for k, g in enumerate(todo) if k not in take]
+        if need is not None:
+            out[split] = out[split][:need]
+    return out
+
+
+def _least_overshoot(sizes: list[int], need: int) -> list[int]:
+    """Indices of a subset of ``sizes`` with sum >= ``need``, as small a sum as possible (0/1
+    subset sum; the first subset found for each sum wins, so the choice is deterministic)."""
+    best: dict[int, list[int]] = {0: []}
+    for k, size in enumerate(sizes):
+        for total, subset in sorted(best.items(), reverse=True):
+            if total < need and total + size not in best:
+                best[total + size] = subset + [k]
+    reached = [t for t in best if t >= need]
+    return best[min(reached)] if reached else list(range(len(sizes)))
+
+
 def choose_rejected(chosen: str, options: dict[str, str], state: dict[str, int], order: list[str]) -> str:
     """Pick a style, steering the running share of 'chosen longer' towards 50%."""
     longer = state["chosen_longer"] > 0.5 * max(1, state["n"])
@@ -131,60 +220,40 @@ def choose_rejected(chosen: str, options: dict[str, str], state: dict[str, int],
     return style
 
 
-def build_channel(
-    card, name: str, ch: dict[str, Any], fillers, n: int, n_test: int, rng, states
-) -> list[dict[str, Any]]:
-    """``n`` pairs of one channel; the first ``n_test`` are the fixed test split. ``states`` (test,
-    train) carry the running chosen-longer counts used to steer the rejected style choice."""
-    items = expand_items(ch)
-    rng.shuffle(items)
-    uses: Counter = Counter()
-    seen_prompts: set[str] = set()
+def to_record(card, name: str, pair: dict[str, Any], state: dict[str, int], order: list[str]) -> dict:
+    style = choose_rejected(pair["chosen"], pair["options"], state, order)
+    rejected = pair["options"][style]
+    failed = [c.rule_id for c in card.check(rejected, name) if not c.passed]
+    state["n"] += 1
+    state["chosen_longer"] += len(pair["chosen"]) > len(rejected)
+    return {
+        "prompt": [{"role": "user", "content": pair["prompt"]}],
+        "chosen": [{"role": "assistant", "content": pair["chosen"]}],
+        "rejected": [{"role": "assistant", "content": rejected}],
+        "brand": card.id,
+        "channel": name,
+        "reason_tags": sorted({TAGS.get(r, "length" if r.startswith(name) else "tone") for r in failed}),
+    }
+
+
+def build_channel(card, name: str, ch: dict[str, Any], build: dict[str, Any], ctx) -> dict[str, list[dict]]:
+    """The records of one channel per split, whole items per split, styles steered per split."""
+    items = list(ch["items"])
+    ctx["rng"].shuffle(items)
+    groups = [g for g in (item_pairs(card, name, ch, it, ctx) for it in items) if g]
+    want = {s: build["splits"].get(s, 0) for s in SPLITS if s != "train"}
+    want["train"] = build.get("train_per_channel")  # None: every item left
+    by_split = assign_items(groups, want)
+    for split, n in build["splits"].items():
+        if len(by_split[split]) < n:
+            raise SystemExit(f"channel {name}: only {len(by_split[split])} {split} pairs, asked for {n}")
     order = list(ch["rejected_styles"])
-    out = []
-    for item in itertools.islice(itertools.cycle(items), n * 8):
-        if len(out) == n:
-            break
-        key = json.dumps(item, sort_keys=True)
-        todo = combos(item)
-        if uses[key] >= len(todo):
-            continue  # every (question, answer) pairing of this item is used: no near-copies
-        for _ in range(8):  # another opener when this exact prompt is taken
-            prompt, chosen, options = render_pair(ch, item, fillers, todo[uses[key]], rng)
-            if prompt.casefold() not in seen_prompts:
-                break
-        uses[key] += 1
-        if prompt.casefold() in seen_prompts:
-            continue
-        bad = [c for c in card.check(chosen, name) if not c.passed]
-        if bad:
-            raise SystemExit(f"chosen breaks the card ({name}): {chosen!r}: {bad}")
-        options = {s: t for s, t in options.items() if any(not c.passed for c in card.check(t, name))}
-        if not options:
-            raise SystemExit(f"no rejected style breaks a rule for {prompt!r}")
-        state = states[0] if len(out) < n_test else states[1]
-        style = choose_rejected(chosen, options, state, order)
-        rejected = options[style]
-        failed = [c.rule_id for c in card.check(rejected, name) if not c.passed]
-        state["n"] += 1
-        state["chosen_longer"] += len(chosen) > len(rejected)
-        seen_prompts.add(prompt.casefold())
-        out.append(
-            {
-                "prompt": [{"role": "user", "content": prompt}],
-                "chosen": [{"role": "assistant", "content": chosen}],
-                "rejected": [{"role": "assistant", "content": rejected}],
-                "brand": card.id,
-                "channel": name,
-                "reason_tags": sorted(
-                    {TAGS.get(r, "length" if r.startswith(name) else "tone") for r in failed}
-                ),
-                "rejected_style": style,
-            }
-        )
-    if len(out) < n:
-        raise SystemExit(f"channel {name}: only {len(out)} distinct prompts, asked for {n}")
-    return out
+    return {split: _records(card, name, pairs, order) for split, pairs in by_split.items()}
+
+
+def _records(card, name, pairs, order) -> list[dict]:
+    state = {"n": 0, "chosen_longer": 0}  # steer each channel and split towards 50% chosen-longer
+    return [to_record(card, name, p, state, order) for p in pairs]
 
 
 def annotate(records: list[dict[str, Any]], rng: random.Random, created: str) -> None:
@@ -260,12 +329,13 @@ def as_csv(records) -> str:
     return buf.getvalue()
 
 
-def write(out: Path, layout: dict[str, dict[str, Any]], train, test, rng) -> dict[str, int]:
+def write(out: Path, layout: dict[str, dict[str, Any]], splits: dict[str, list[dict]], rng) -> dict[str, int]:
     counts = {}
     for fname, spec in layout.items():
-        recs = (
-            test if spec["format"] == "canonical" else [r for r in train if r["channel"] in spec["channels"]]
-        )
+        if spec["format"] == "canonical":
+            recs = [{k: v for k, v in r.items() if k != "source"} for r in splits[spec["split"]]]
+        else:
+            recs = [r for r in splits["train"] if r["channel"] in spec["channels"]]
         if spec["format"] == "csv":
             text = as_csv(recs)
         else:
@@ -282,6 +352,23 @@ def write(out: Path, layout: dict[str, dict[str, Any]], train, test, rng) -> dic
     return counts
 
 
+def summary(splits: dict[str, list[dict]], counts: dict[str, int], skipped: int) -> dict[str, Any]:
+    every = [r for s in SPLITS for r in splits[s]]
+    longer = sum(len(r["chosen"][0]["content"]) > len(r["rejected"][0]["content"]) for r in every)
+    return {
+        "files": counts,
+        "pairs": len(every),
+        "splits": {s: len(splits[s]) for s in SPLITS},
+        "channels": {
+            s: dict(sorted(Counter(r["channel"] for r in splits[s]).items())) for s in SPLITS if splits[s]
+        },
+        "chosen_longer_share": round(longer / len(every), 3),
+        "renderings_skipped": skipped,
+        "chosen_near_twin_rate": chosen_near_twin_rate(every, n=TWIN_N, threshold=TWIN_JACCARD),
+        "near_duplicate_rate": near_duplicate_rate(every),
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--brand", default="aurora")
@@ -295,38 +382,30 @@ def main(argv: list[str] | None = None) -> int:
     card = load_brand(REPO / "configs" / "brands" / f"{args.brand}.yaml")
     rng = random.Random(args.seed)
     build = bank["build"]
-    train, test = [], []
+    ctx = {
+        "rng": rng,
+        "fillers": bank["fillers"],
+        "twins": TwinIndex(),
+        "uses": Counter(),
+        "prompts": set(),
+        "max_uses": build.get("max_uses_per_answer", 1),
+        "skipped": 0,
+    }
+    splits: dict[str, list[dict]] = {s: [] for s in SPLITS}
     for name, ch in bank["channels"].items():
-        n_train, n_test = build["counts"][name], build["test_per_channel"]
-        # Steer each channel (and split) towards chosen-longer in half of its pairs.
-        states = ({"n": 0, "chosen_longer": 0}, {"n": 0, "chosen_longer": 0})
-        recs = build_channel(card, name, ch, bank["fillers"], n_train + n_test, n_test, rng, states)
-        test += recs[:n_test]
-        train += recs[n_test:]
-    annotate(train, rng, args.created)
-    annotate(test, rng, args.created)
-    for r in train + test:
-        r.pop("rejected_style")
-        r.update(canonicalize(r))
-        r["source"] = None
-    test = [{k: v for k, v in r.items() if k != "source"} for r in test]
-    counts = write(out, build["layout"], train, test, rng)
-    every = train + test
-    longer = sum(len(r["chosen"][0]["content"]) > len(r["rejected"][0]["content"]) for r in every)
-    print(
-        json.dumps(
-            {
-                "files": counts,
-                "pairs": len(every),
-                "train": len(train),
-                "test": len(test),
-                "channels": dict(Counter(r["channel"] for r in every)),
-                "chosen_longer_share": round(longer / len(every), 3),
-                "near_duplicate_rate": near_duplicate_rate(every),
-            },
-            indent=2,
-        )
-    )
+        for split, recs in build_channel(card, name, ch, build, ctx).items():
+            splits[split] += recs
+    for split in SPLITS:
+        annotate(splits[split], rng, args.created)
+        for r in splits[split]:
+            r.update(canonicalize(r))
+            r["source"] = None
+    counts = write(out, build["layout"], splits, rng)
+    info = summary(splits, counts, ctx["skipped"])
+    print(json.dumps(info, indent=2))
+    rate, limit = info["chosen_near_twin_rate"]["rate"], build.get("max_near_twin_rate", 0.05)
+    if rate > limit:
+        raise SystemExit(f"chosen near-twin rate {rate} > {limit}: add answer variants to the bank")
     return 0
 
 

@@ -129,19 +129,68 @@ def test_every_shipped_card_loads():
         assert c.system_prompt() and c.channels and c.banned
 
 
-@pytest.mark.parametrize("brand", ["aurora", "ember"])
-def test_bundled_data_is_what_the_generator_builds(tmp_path, brand):
-    """docs/data.md says how the demo data was built: rebuilding it gives the shipped bytes."""
+AURORA_FILES = {
+    "product_complaint.trl.jsonl",
+    "social_email.csv",
+    "health.hh-rlhf.jsonl",
+    "competitor.uf.jsonl",
+    "guarantee.standard.jsonl",
+    "test.canonical.jsonl",
+    "dev.canonical.jsonl",
+    "judge.canonical.jsonl",
+}
+
+
+@pytest.mark.parametrize(
+    "brand, files, fixed",
+    [
+        ("aurora", AURORA_FILES, {"test": 14, "dev": 7, "judge": 20}),
+        ("ember", {"pairs.csv", "test.canonical.jsonl", "judge.canonical.jsonl"}, {"test": 2, "judge": 2}),
+    ],
+)
+def test_bundled_data_is_what_the_generator_builds(tmp_path, brand, files, fixed):
+    """docs/data.md says how the demo data was built: rebuilding it gives the shipped bytes, every
+    shipped data file included, with the fixed splits per channel and few chosen near-twins."""
+    import json
     import subprocess
     import sys
 
     script = REPO / "scripts" / "build_demo_data.py"
-    subprocess.run(
+    done = subprocess.run(
         [sys.executable, str(script), "--brand", brand, "--out", str(tmp_path)],
         check=True,
         capture_output=True,
+        text=True,
         timeout=120,
     )
     shipped = REPO / "data" / "brands" / brand
-    built = sorted(p.name for p in tmp_path.iterdir())
-    assert built and all((shipped / name).read_bytes() == (tmp_path / name).read_bytes() for name in built)
+    built = {p.name for p in tmp_path.iterdir()}
+    assert built == files == {p.name for p in shipped.iterdir()} - {"bank.yaml"}
+    assert all((shipped / name).read_bytes() == (tmp_path / name).read_bytes() for name in built)
+    info = json.loads(done.stdout)
+    assert (
+        info["chosen_near_twin_rate"]["rate"] <= 0.05
+        and info["chosen_near_twin_rate"]["compared"] == info["pairs"]
+    )
+    channels = info["channels"]["train"].keys()
+    for split, per_channel in fixed.items():
+        assert info["channels"][split] == {c: per_channel for c in channels}
+    assert info["splits"]["train"] >= (300 if brand == "aurora" else 32)
+    assert 0.4 <= info["chosen_longer_share"] <= 0.6
+
+
+def test_builder_keeps_each_bank_item_inside_one_split():
+    """Whole items per split: the fixed splits get exactly their size when item sizes allow, and
+    no item's pairs land in two splits (a test item's facts never appear in train)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("build_demo_data", REPO / "scripts" / "build_demo_data.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    sizes = [4, 16, 3, 12, 4, 3, 16, 4, 3, 16, 4]
+    groups = [[(k, i) for i in range(n)] for k, n in enumerate(sizes)]
+    out = mod.assign_items(groups, {"test": 14, "dev": 7, "judge": 20, "train": None})
+    assert {s: len(out[s]) for s in ("test", "dev", "judge")} == {"test": 14, "dev": 7, "judge": 20}
+    items = {s: {k for k, _ in pairs} for s, pairs in out.items()}
+    assert sum(len(v) for v in items.values()) == len(sizes)  # every item in exactly one split
+    assert len(out["train"]) == sum(sizes) - 41  # exact fits: nothing dropped
