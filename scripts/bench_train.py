@@ -130,7 +130,7 @@ def worker_onbrand(args) -> dict:
     out = Path(tempfile.mkdtemp()) / "run"
     overrides = [
         f"model={MODEL}", "init_from=null", f"out_dir={out}", f"data.snapshot={args.snapshot}", f"data.brand={BRAND}",
-        f"data.max_train_pairs={args.steps * args.batch}", "data.max_test_pairs=1", f"ref_cache_dir={out.parent / 'cache'}",
+        f"data.max_train_pairs={args.steps * args.batch}", "data.max_eval_pairs=1", f"ref_cache_dir={out.parent / 'cache'}",
         f"lora.r={args.r}", f"lora.alpha={2 * args.r}", "lora.layers=0", "lora.dropout=0.0",
         f"train.batch_size={args.batch}", f"train.max_steps={args.steps}", f"train.max_length={args.max_length}",
         f"train.lr={args.lr}", "train.scheduler=constant", "train.warmup_ratio=0.0", "train.shuffle=false",

@@ -27,8 +27,28 @@ class DataSection:
 
     snapshot: str = "runs/demo/snapshot"
     brand: str | None = "configs/brands/aurora.yaml"  # its system_prompt() heads every prompt
+    # The snapshot split the recipe trains on: SFT and DPO read "train"; the eval's reward model
+    # (the judge) reads "judge", pairs the policy never saw (onbrand eval checks this from run.json).
+    train_split: str = "train"
+    # Held-out metrics during training come from dev: test is read once per release, by onbrand eval.
+    eval_split: str = "dev"
     max_train_pairs: int = 0  # 0 = all
-    max_test_pairs: int = 0
+    max_eval_pairs: int = 0
+
+    def __post_init__(self) -> None:
+        from onbrand.data.snapshot import SPLITS
+
+        for name in ("train_split", "eval_split"):
+            if getattr(self, name) not in SPLITS:
+                raise ValueError(
+                    f"data.{name} must be one of {', '.join(SPLITS)}, got {getattr(self, name)!r}"
+                )
+        if self.train_split == self.eval_split:
+            raise ValueError(
+                f"data.eval_split must differ from data.train_split, both are {self.train_split!r}"
+            )
+        if self.train_split == "test":
+            raise ValueError("data.train_split 'test' is refused: the test split is for the final eval only")
 
 
 def parse_args(argv, description: str, default_config: str) -> argparse.Namespace:
@@ -58,12 +78,12 @@ def brand_prompt(path: str | None) -> tuple[str | None, dict[str, Any] | None]:
 def load_pairs(
     data: DataSection, tok, system_prompt: str | None, max_length: int, need_rejected: bool = True
 ) -> tuple[list[TokenizedPair], list[TokenizedPair], dict[str, Any]]:
-    """Snapshot -> tokenized train/test pairs (+ manifest). Errors name the file and row."""
+    """Snapshot -> tokenized (train_split, eval_split) pairs (+ manifest). Errors name the file and row."""
     from onbrand.data.snapshot import load_snapshot
 
     dd, manifest = load_snapshot(data.snapshot)
     out = {}
-    for split, limit in (("train", data.max_train_pairs), ("test", data.max_test_pairs)):
+    for split, limit in ((data.train_split, data.max_train_pairs), (data.eval_split, data.max_eval_pairs)):
         if split not in dd:
             out[split] = []
             continue
@@ -80,9 +100,9 @@ def load_pairs(
                 tokenize_pair(tok, rec, system_prompt, max_length, where=f"{data.snapshot}/{split}.parquet: ")
             )
         out[split] = pairs
-    if not out["train"]:
-        raise ValueError(f"{data.snapshot}: no training pairs")
-    return out["train"], out["test"], manifest
+    if not out[data.train_split]:
+        raise ValueError(f"{data.snapshot}: no training pairs in split {data.train_split!r}")
+    return out[data.train_split], out[data.eval_split], manifest
 
 
 class PackedModel(torch.nn.Module):
@@ -170,7 +190,7 @@ class RunSetup:
     tok: Any
     system_prompt: str | None
     train: list[TokenizedPair]
-    test: list[TokenizedPair]
+    held_out: list[TokenizedPair]  # data.eval_split (dev by default), for the held-out metrics
     manifest: dict[str, Any]
     tokenization: dict[str, Any]
     base_model: str
@@ -192,7 +212,7 @@ def setup_run(kind: str, cfg, need_rejected: bool = True) -> RunSetup:
     base_name = parent["base_model"] if parent else cfg.model
     tok = load_tokenizer(base_name)
     system_prompt, brand = brand_prompt(cfg.data.brand)
-    train, test, manifest = load_pairs(cfg.data, tok, system_prompt, cfg.train.max_length, need_rejected)
+    train, held_out, manifest = load_pairs(cfg.data, tok, system_prompt, cfg.train.max_length, need_rejected)
     tokenization = tokenizer_record(tok, system_prompt, cfg.train.max_length)
     base_hash = model_hash(base_name)
     lineage = sha256_json([base_hash, hash_tree(parent_adapter) if parent_adapter else None])
@@ -202,11 +222,28 @@ def setup_run(kind: str, cfg, need_rejected: bool = True) -> RunSetup:
             parent_run=str(cfg.init_from) if getattr(cfg, "init_from", None) else None,
             snapshot_id=manifest.get("snapshot_id"), brand=brand, system_prompt=system_prompt,
             tokenization=tokenization,
-            extra={"world_size": acc.num_processes, "train_pairs": len(train), "test_pairs": len(test)},
+            extra={
+                "world_size": acc.num_processes, "train_pairs": len(train), "eval_pairs": len(held_out),
+                # Lineage of the data: which records this run learned from (the eval's judge check).
+                "data": {
+                    "snapshot_id": manifest.get("snapshot_id"), "split": cfg.data.train_split,
+                    "eval_split": cfg.data.eval_split, "record_ids": sorted(p.id for p in train),
+                },
+            },
         )  # fmt: skip
     acc.wait_for_everyone()
     return RunSetup(
-        acc, out, tok, system_prompt, train, test, manifest, tokenization, base_name, parent_adapter, lineage
+        acc,
+        out,
+        tok,
+        system_prompt,
+        train,
+        held_out,
+        manifest,
+        tokenization,
+        base_name,
+        parent_adapter,
+        lineage,
     )
 
 

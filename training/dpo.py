@@ -260,7 +260,14 @@ def train(cfg: DPOConfig) -> int:
             snapshot_id=run.manifest.get("snapshot_id"), model=run.lineage_hash, tokenization=run.tokenization,
             precision=cfg.train.precision, shared_prefix=cfg.shared_prefix,
         )  # fmt: skip
-        hits = attach_reference(acc, model, {"train": run.train, "test": run.test}, run.tok, cfg, key_base)
+        hits = attach_reference(
+            acc,
+            model,
+            {cfg.data.train_split: run.train, cfg.data.eval_split: run.held_out},
+            run.tok,
+            cfg,
+            key_base,
+        )
     wrapped = acc.prepare(model)
     step_fn = make_step_fn(model, run.tok, cfg, acc.device)
     result = run_loop(
@@ -274,11 +281,11 @@ def train(cfg: DPOConfig) -> int:
             file=sys.stderr,
         )
         return 0
-    if cfg.dpo.needs_reference and not cfg.ref_cache and run.test:
-        c, r = reference_logps(model, run.test, run.tok, cfg, acc.device)
-        for p, vc, vr in zip(run.test, c.tolist(), r.tolist()):
+    if cfg.dpo.needs_reference and not cfg.ref_cache and run.held_out:
+        c, r = reference_logps(model, run.held_out, run.tok, cfg, acc.device)
+        for p, vc, vr in zip(run.held_out, c.tolist(), r.tolist()):
             p.ref_chosen, p.ref_rejected = vc, vr
-    metrics = evaluate(model, run.test, run.tok, cfg, acc.device)
+    metrics = evaluate(model, run.held_out, run.tok, cfg, acc.device)
     if acc.is_main_process:
         finish_run(run.out, "dpo", peft_model, run.parent_adapter, metrics, result, {"ref_cache_hits": hits})
     acc.wait_for_everyone()

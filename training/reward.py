@@ -134,7 +134,7 @@ def train(cfg: RewardConfig) -> int:
             file=sys.stderr,
         )
         return 0
-    metrics = evaluate(model, run.test, run.tok, cfg, acc.device)
+    metrics = evaluate(model, run.held_out, run.tok, cfg, acc.device)
     if acc.is_main_process:
         finish_run(run.out, "reward", peft_model, None, metrics, result)
     acc.wait_for_everyone()

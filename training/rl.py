@@ -123,17 +123,18 @@ class RLPrompt:
 
 # ----------------------------------------------------------------------------- data
 def load_prompts(cfg: RLConfig, tok, system_prompt: str | None, card) -> tuple[list[RLPrompt], dict]:
-    """Prompts of the snapshot's train split (chosen/rejected are not used). Errors name the row."""
+    """Prompts of the snapshot's ``data.train_split`` (chosen/rejected are not used). Errors name the row."""
     from onbrand.data.snapshot import load_snapshot
     from onbrand.eval.engines.base import render_prompt
     from onbrand.training.batching import with_system
 
     dd, manifest = load_snapshot(cfg.data.snapshot)
-    if "train" not in dd or not len(dd["train"]):
-        raise ValueError(f"{cfg.data.snapshot}: no train split / no prompts")
-    rows = dd["train"]
+    split = cfg.data.train_split
+    if split not in dd or not len(dd[split]):
+        raise ValueError(f"{cfg.data.snapshot}: no {split} split / no prompts")
+    rows = dd[split]
     n = len(rows) if not cfg.data.max_train_pairs else min(cfg.data.max_train_pairs, len(rows))
-    where = f"{cfg.data.snapshot}/train.parquet"
+    where = f"{cfg.data.snapshot}/{split}.parquet"
     out = []
     for i in range(n):
         rec = rows[i]
@@ -350,7 +351,9 @@ def _setup(cfg: RLConfig, acc):
             brand=brand, system_prompt=system_prompt,
             tokenization=tokenizer_record(tok, system_prompt, cfg.train.max_length),
             extra={"world_size": acc.num_processes, "train_prompts": len(prompts),
-                   "algorithm": cfg.rl.algorithm, "rollout_engine": "transformers (live policy)"},
+                   "algorithm": cfg.rl.algorithm, "rollout_engine": "transformers (live policy)",
+                   "data": {"snapshot_id": manifest.get("snapshot_id"), "split": cfg.data.train_split,
+                            "record_ids": sorted(p.id for p in prompts)}},
         )  # fmt: skip
     acc.wait_for_everyone()
     peft_model = build_policy(

@@ -95,14 +95,16 @@ def train(cfg: SFTConfig) -> int:
     run = setup_run("sft", cfg, need_rejected=False)
     acc = run.acc
     sft_only(run.train)
-    sft_only(run.test)
+    sft_only(run.held_out)
     peft_model = build_policy(
         run.base_model, cfg.lora, parent_adapter=run.parent_adapter,
         gradient_checkpointing=cfg.train.gradient_checkpointing, pad_token_id=run.tok.pad_token_id,
     )  # fmt: skip
     model = PackedModel(peft_model).to(acc.device)
     wrapped = acc.prepare(model)
-    base_eval = evaluate(model, run.test, run.tok, cfg, acc.device) if run.test and cfg.eval_before else {}
+    base_eval = (
+        evaluate(model, run.held_out, run.tok, cfg, acc.device) if run.held_out and cfg.eval_before else {}
+    )
     result = run_loop(
         acc, model, wrapped, run.train, cfg.train, run.out, make_step_fn(run.tok, cfg, acc.device),
         run_name=run.out.name, config_dict=to_dict(cfg), tokens_of=data_tokens,
@@ -114,7 +116,7 @@ def train(cfg: SFTConfig) -> int:
             file=sys.stderr,
         )
         return 0
-    metrics = evaluate(model, run.test, run.tok, cfg, acc.device)
+    metrics = evaluate(model, run.held_out, run.tok, cfg, acc.device)
     if base_eval:
         metrics["eval/nll_before"] = base_eval["eval/nll"]
     if acc.is_main_process:

@@ -89,7 +89,7 @@ def rl_snapshot(tmp_path_factory) -> Path:
     from onbrand.runs import sha256_json
 
     out = tmp_path_factory.mktemp("rl-snapshot")
-    splits = {"train": rl_records(8), "test": rl_records(4, offset=100)}
+    splits = {"train": rl_records(8), "dev": rl_records(4, offset=100)}
     for split, rows in splits.items():
         Dataset.from_list(rows, features=features()).to_parquet(str(out / f"{split}.parquet"))
     manifest = {

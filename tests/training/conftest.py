@@ -68,7 +68,13 @@ def write_snapshot(out: Path, n_train: int = 16, n_test: int = 8) -> Path:
     from onbrand.runs import sha256_json
 
     out.mkdir(parents=True, exist_ok=True)
-    splits = {"train": toy_records(n_train), "test": toy_records(n_test, offset=n_train)}
+    # dev is what the recipes' held-out metrics read; test stays for the final eval only
+    splits = {
+        "train": toy_records(n_train),
+        "dev": toy_records(n_test, offset=n_train),
+        "test": toy_records(n_test, offset=n_train + n_test),
+        "judge": toy_records(n_train, offset=n_train + 2 * n_test),  # the reward model's (eval judge's)
+    }
     for split, rows in splits.items():
         Dataset.from_list(rows, features=features()).to_parquet(str(out / f"{split}.parquet"))
     manifest = {

@@ -55,7 +55,7 @@ def test_dpo_reuses_cache_and_invalidates_on_tokenization_change(
         assert dpo.main(args) == 0
         return json.loads((tmp_path / out / "run.json").read_text())["final"]["ref_cache_hits"]
 
-    assert run("a") == {"train": False, "test": False}
-    assert run("b") == {"train": True, "test": True}
-    assert run("c", "train.max_length=80") == {"train": False, "test": False}
-    assert run("d", "train.precision=bf16") == {"train": False, "test": False}
+    assert run("a") == {"train": False, "dev": False}
+    assert run("b") == {"train": True, "dev": True}
+    assert run("c", "train.max_length=80") == {"train": False, "dev": False}
+    assert run("d", "train.precision=bf16") == {"train": False, "dev": False}

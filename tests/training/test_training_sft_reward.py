@@ -38,6 +38,27 @@ def test_sft_learns_and_logs(tmp_path, tiny_model_dir, toy_snapshot, toy_brand):
     assert ev["eval/nll"] < 0.75 * ev["eval/nll_before"]
     run = json.loads((out / "run.json").read_text())
     assert run["kind"] == "sft" and run["tokenization"]["max_length"] == 96
+    # lineage of the data: the exact records learned from (what the eval's judge check compares)
+    assert run["data"]["split"] == "train" and run["data"]["eval_split"] == "dev"
+    assert run["data"]["record_ids"] == [f"toy-{i:04d}" for i in range(16)]
+
+
+def test_reward_run_records_the_judge_split(reward_run):
+    """The demo reward config trains the eval's judge on the judge split, disjoint from train."""
+    data = json.loads((reward_run / "run.json").read_text())["data"]
+    assert data["split"] == "judge" and len(data["record_ids"]) == 16
+    assert not set(data["record_ids"]) & {f"toy-{i:04d}" for i in range(16)}
+
+
+def test_training_on_the_test_split_is_refused():
+    from onbrand.training.common import DataSection
+
+    with pytest.raises(ValueError, match="test split is for the final eval"):
+        DataSection(train_split="test")
+    with pytest.raises(ValueError, match="data.eval_split must differ"):
+        DataSection(train_split="dev", eval_split="dev")
+    with pytest.raises(ValueError, match="data.train_split must be one of"):
+        DataSection(train_split="validation")
 
 
 @pytest.fixture(scope="module")
