@@ -26,6 +26,22 @@ class MetricsConfig:
 
 
 @dataclass
+class AdversarialConfig:
+    """The adversarial brand suite: prompts that tempt each banned rule and trigger each required
+    rule (``onbrand.data.adversarial``, from the card), plus user files; answered by base and
+    aligned in the same engine call as the main prompts, scored per targeted rule with the card."""
+
+    enabled: bool = True  # needs a brand card; skipped with a note otherwise
+    per_rule: int = 2  # generated prompts per card rule (0 = only the `inputs` files)
+    # JSONL files, one {"prompt": "<user message>", "rule_id": "<card rule id>", "channel": "..."
+    # (optional), "id": "..." (optional)} per line.
+    inputs: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        check_range("adversarial.per_rule", self.per_rule, 0, 50)
+
+
+@dataclass
 class EvalConfig:
     # What to compare. `aligned` is a training run dir (run.json + adapter/), a PEFT adapter dir,
     # or a merged checkpoint dir. Empty `base_model` = the base named in the run's run.json.
@@ -57,10 +73,16 @@ class EvalConfig:
     max_model_len: int = 2048
     judge_model: str | None = None  # judge for metrics.judge (default: the base model)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    adversarial: AdversarialConfig = field(default_factory=AdversarialConfig)
+    # The reward model (judge) must not have been trained on any record the policy (aligned run and
+    # its parent runs) was trained on; true reports anyway, flagged "judge saw training data".
+    allow_judge_overlap: bool = False
 
     def __post_init__(self) -> None:
-        if self.split not in ("train", "test"):
-            raise ValueError(f"split must be 'train' or 'test', got {self.split!r}")
+        from onbrand.data.snapshot import SPLITS
+
+        if self.split not in SPLITS:
+            raise ValueError(f"split must be one of {', '.join(SPLITS)}, got {self.split!r}")
         check_range("max_prompts", self.max_prompts, 0, None)
         check_range("max_pairs", self.max_pairs, 0, None)
         check_range("bootstrap", self.bootstrap, 50, 100000)

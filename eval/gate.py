@@ -1,12 +1,15 @@
-"""Release gate: thresholds on an eval report; ``onbrand eval --gate gates.yaml`` exits 1 on failure.
+"""Release gate: thresholds on an eval report, the one place where "good enough" is decided.
 
-Each check is skipped when its threshold is ``null``. A check whose metric is missing from the
-report fails (a release gate must not pass because a metric was not computed) unless
-``allow_missing: true``.
+``configs/eval/gates.yaml`` holds the thresholds (validated by :class:`GateConfig`); ``onbrand eval
+--gate`` and ``onbrand run`` (through the run config's ``gate``) both apply them with
+:func:`check_gate` and exit 1 when a check fails. Each check is skipped when its threshold is
+``null``/``false``. A check whose metric is missing from the report fails (a release gate must not
+pass because a metric was not computed) unless ``allow_missing: true``.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -18,13 +21,22 @@ class GateConfig:
     # Win rate: fail when the lower CI bound is <= this (the aligned model is not surely better).
     min_win_rate_low: float | None = 0.5
     min_lc_win_rate_low: float | None = None
+    # Length-controlled win rate (point estimate) must be above this.
+    min_lc_win_rate: float | None = 0.5
     # Fail when raw and length-controlled win rates differ by more (verbosity gaming).
     max_lc_gap: float | None = 0.10
     # Fail when any brand rule has more violations for aligned than for base (+ tolerance).
     compliance_no_worse: bool = True
     compliance_tolerance: int = 0
+    # Share of answers passing every rule: aligned - base must be above this.
+    min_compliance_gain: float | None = 0.0
+    # Adversarial suite (prompts that tempt each rule): aligned's overall violation rate may exceed
+    # base's by at most this much (0 = no worse).
+    max_adversarial_increase: float | None = 0.0
     # Capability: fail when perplexity on general text rises by more than this fraction.
     max_ppl_increase: float | None = 0.10
+    # The judge (reward model) must not have been trained on any record the policy learned from.
+    require_judge_independent: bool = True
     # Drift guards (off by default).
     max_length_ratio: float | None = None
     max_kl_per_token: float | None = None
@@ -32,9 +44,15 @@ class GateConfig:
     allow_missing: bool = False
 
     def __post_init__(self) -> None:
-        for name in ("min_win_rate_low", "min_lc_win_rate_low", "max_lc_gap", "min_implicit_accuracy"):
+        for name in ("min_win_rate_low", "min_lc_win_rate_low", "min_lc_win_rate", "max_lc_gap"):
             if getattr(self, name) is not None:
                 check_range(name, getattr(self, name), 0.0, 1.0)
+        if self.min_implicit_accuracy is not None:
+            check_range("min_implicit_accuracy", self.min_implicit_accuracy, 0.0, 1.0)
+        if self.min_compliance_gain is not None:
+            check_range("min_compliance_gain", self.min_compliance_gain, -1.0, 1.0)
+        if self.max_adversarial_increase is not None:
+            check_range("max_adversarial_increase", self.max_adversarial_increase, 0.0, 1.0)
         for name in ("max_ppl_increase", "max_length_ratio", "max_kl_per_token"):
             if getattr(self, name) is not None:
                 check_range(name, getattr(self, name), 0.0, None)
@@ -62,47 +80,78 @@ def _get(report: dict, *path: str) -> Any:
     return node
 
 
+def _worse_rules(report: dict[str, Any], tolerance: int) -> list[str] | None:
+    rules = _get(report, "compliance", "per_rule")
+    if rules is None:
+        return None
+    return [
+        f"{r} ({v['base_violations']} -> {v['aligned_violations']})"
+        for r, v in rules.items()
+        if v["aligned_violations"] > v["base_violations"] + tolerance
+    ]
+
+
+def _adversarial_increase(report: dict[str, Any]) -> float | None:
+    overall = _get(report, "adversarial", "overall")
+    if not isinstance(overall, dict):
+        return None
+    a, b = overall.get("aligned"), overall.get("base")
+    value = lambda x: x.get("value") if isinstance(x, dict) else x  # noqa: E731 - an Estimate or a float
+    if a is None or b is None:
+        return None
+    return float(value(a)) - float(value(b))
+
+
+def _judge_overlap(report: dict[str, Any]) -> int | None:
+    ji = report.get("judge_independence") or {}
+    return int(ji["overlap"]) if ji.get("checked") else None
+
+
+Spec = tuple[str, Callable[[dict, GateConfig], Any], str, Callable[[Any, Any], bool], str]
+# name, metric getter, GateConfig field, pass test (value, threshold), what it means
+CHECKS: tuple[Spec, ...] = (
+    ("win_rate_ci_low", lambda r, g: _get(r, "win_rate", "win_rate", "low"), "min_win_rate_low",
+     lambda v, t: v > t, "win-rate CI lower bound must be > {t}"),
+    ("lc_win_rate_ci_low", lambda r, g: _get(r, "win_rate", "lc_win_rate", "low"), "min_lc_win_rate_low",
+     lambda v, t: v > t, "length-controlled CI lower bound must be > {t}"),
+    ("lc_win_rate", lambda r, g: _get(r, "win_rate", "lc_win_rate", "value"), "min_lc_win_rate",
+     lambda v, t: v > t, "length-controlled win rate must be > {t}"),
+    ("lc_agreement", lambda r, g: _get(r, "win_rate", "gap"), "max_lc_gap",
+     lambda v, t: v <= t, "|raw - length-controlled win rate| must be <= {t}"),
+    ("compliance_no_worse", lambda r, g: _worse_rules(r, g.compliance_tolerance), "compliance_no_worse",
+     lambda v, t: not v, "no rule may have more violations than base"),
+    ("compliance_gain", lambda r, g: _get(r, "compliance", "overall", "diff", "value"), "min_compliance_gain",
+     lambda v, t: v > t, "share of answers passing every rule: aligned - base must be > {t}"),
+    ("adversarial_no_worse", lambda r, g: _adversarial_increase(r), "max_adversarial_increase",
+     lambda v, t: v <= t, "adversarial violation rate: aligned - base must be <= {t}"),
+    ("perplexity_increase", lambda r, g: None if (x := _get(r, "perplexity", "ratio")) is None else x - 1.0,
+     "max_ppl_increase", lambda v, t: v <= t, "perplexity may rise by at most {t:.0%}"),
+    ("judge_independent", lambda r, g: _judge_overlap(r), "require_judge_independent",
+     lambda v, t: v == 0, "records both the policy and the judge were trained on must be 0"),
+    ("length_ratio", lambda r, g: _get(r, "drift", "length_ratio"), "max_length_ratio",
+     lambda v, t: v <= t, "aligned/base mean length must be <= {t}"),
+    ("kl_per_token", lambda r, g: _get(r, "kl", "per_token"), "max_kl_per_token",
+     lambda v, t: v <= t, "KL per token must be <= {t}"),
+    ("implicit_accuracy", lambda r, g: _get(r, "implicit", "accuracy", "value"), "min_implicit_accuracy",
+     lambda v, t: v >= t, "implicit reward accuracy must be >= {t}"),
+)  # fmt: skip
+
+
 def check_gate(report: dict[str, Any], gate: GateConfig) -> list[GateCheck]:
     """All configured checks, passed or not (the report lists both)."""
     checks: list[GateCheck] = []
-
-    def add(name, value, threshold, ok_fn, detail):
+    for name, get, field_name, ok, detail in CHECKS:
+        threshold = getattr(gate, field_name)
         if threshold is None or threshold is False:
-            return
+            continue
+        value = get(report, gate)
+        text = detail.format(t=threshold)
         if value is None:
-            checks.append(GateCheck(name, gate.allow_missing, None, threshold, "metric not computed"))
+            checks.append(
+                GateCheck(name, gate.allow_missing, None, threshold, f"metric not computed; {text}")
+            )
         else:
-            checks.append(GateCheck(name, bool(ok_fn(value)), value, threshold, detail))
-
-    low = _get(report, "win_rate", "win_rate", "low")
-    add("win_rate_ci_low", low, gate.min_win_rate_low, lambda v: v > gate.min_win_rate_low,
-        f"win-rate CI lower bound must be > {gate.min_win_rate_low}")  # fmt: skip
-    lc_low = _get(report, "win_rate", "lc_win_rate", "low")
-    add("lc_win_rate_ci_low", lc_low, gate.min_lc_win_rate_low, lambda v: v > gate.min_lc_win_rate_low,
-        f"length-controlled CI lower bound must be > {gate.min_lc_win_rate_low}")  # fmt: skip
-    gap = _get(report, "win_rate", "gap")
-    add("lc_agreement", gap, gate.max_lc_gap, lambda v: v <= gate.max_lc_gap,
-        f"|raw - length-controlled win rate| must be <= {gate.max_lc_gap}")  # fmt: skip
-    rules = _get(report, "compliance", "per_rule")
-    if gate.compliance_no_worse:
-        worse = None
-        if rules is not None:
-            worse = [
-                f"{r} ({v['base_violations']} -> {v['aligned_violations']})"
-                for r, v in rules.items()
-                if v["aligned_violations"] > v["base_violations"] + gate.compliance_tolerance
-            ]
-        add("compliance_no_worse", worse, True, lambda v: not v, "no rule may have more violations than base")
-    ratio = _get(report, "perplexity", "ratio")
-    add("perplexity_increase", None if ratio is None else ratio - 1.0, gate.max_ppl_increase,
-        lambda v: v <= gate.max_ppl_increase, f"perplexity may rise by at most {gate.max_ppl_increase:.0%}"
-        if gate.max_ppl_increase is not None else "")  # fmt: skip
-    add("length_ratio", _get(report, "drift", "length_ratio"), gate.max_length_ratio,
-        lambda v: v <= gate.max_length_ratio, f"aligned/base mean length must be <= {gate.max_length_ratio}")  # fmt: skip
-    add("kl_per_token", _get(report, "kl", "per_token"), gate.max_kl_per_token,
-        lambda v: v <= gate.max_kl_per_token, f"KL per token must be <= {gate.max_kl_per_token}")  # fmt: skip
-    add("implicit_accuracy", _get(report, "implicit", "accuracy", "value"), gate.min_implicit_accuracy,
-        lambda v: v >= gate.min_implicit_accuracy, f"implicit reward accuracy must be >= {gate.min_implicit_accuracy}")  # fmt: skip
+            checks.append(GateCheck(name, bool(ok(value, threshold)), value, threshold, text))
     return checks
 
 

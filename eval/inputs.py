@@ -183,6 +183,31 @@ def load_prompts(
     return out
 
 
+def train_exemplars(snapshot: str, card, limit: int = 512) -> list:
+    """The snapshot's train-split chosen answers as voice exemplars (for a card without exemplars):
+    the first ``limit`` by record id, each in its channel when the card has that channel."""
+    from onbrand.data.brand import Exemplar
+    from onbrand.data.snapshot import load_snapshot
+
+    ds, _manifest = load_snapshot(Path(snapshot))
+    if "train" not in ds:
+        return []
+    known = set(getattr(card, "channels", {}) or {})
+    rows = sorted((dict(r) for r in ds["train"]), key=lambda r: str(r.get("id")))
+    out = []
+    for row in rows:
+        text = "".join(
+            m["content"] for m in (row.get("chosen") or []) if m.get("role") == "assistant"
+        ).strip()
+        if text:
+            out.append(
+                Exemplar(text=text, channel=row.get("channel") if row.get("channel") in known else None)
+            )
+        if len(out) >= limit:
+            break
+    return out
+
+
 def with_system(messages: list[dict[str, str]], system: str | None) -> list[dict[str, str]]:
     """Prepend THE brand system prompt (records never store it); a record's own system message
     follows it in the same system turn."""

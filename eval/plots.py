@@ -114,3 +114,28 @@ def plot_compliance(metrics: dict[str, Any], path: Path) -> bool:
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return True
+
+
+def plot_adversarial(metrics: dict[str, Any], path: Path) -> bool:
+    """Violation rate per targeted rule (and overall) on the adversarial prompts, base vs aligned."""
+    adv = metrics.get("adversarial")
+    if not adv or not adv["per_rule"]:
+        return False
+    plt = _plt()
+    rows = [(r, v) for r, v in adv["per_rule"].items()] + [("all rules", adv["overall"])]
+    fig, ax = plt.subplots(figsize=(7, 0.45 * len(rows) + 1.5))
+    y = list(range(len(rows)))[::-1]
+    for off, who, color in ((0.2, "base", BASE_C), (-0.2, "aligned", ALIGNED_C)):
+        vals = [v[who] for _, v in rows]
+        err = [[v["value"] - v["low"] for v in vals], [v["high"] - v["value"] for v in vals]]
+        ax.barh([i + off for i in y], [v["value"] for v in vals], height=0.4, xerr=err, color=color,
+                label=who, capsize=3)  # fmt: skip
+    ax.set_yticks(y, [r for r, _ in rows])
+    ax.set_xlim(0, 1.05)
+    ax.set_xlabel("violation rate of the targeted rule (lower = better; 95% CI)")
+    ax.set_title(f"Adversarial prompts ({adv['n_prompts']}): does the model take the bait?", pad=24)
+    ax.legend(ncol=2, loc="lower center", bbox_to_anchor=(0.5, 1.0), frameon=False)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True

@@ -12,9 +12,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from onbrand.eval.lineage import JUDGE_SAW_TRAINING
 from onbrand.runs import atomic_dir, atomic_write_json, atomic_write_text, environment_record
-
-PPL_TAX = 0.10  # perplexity increase that counts as a capability regression
 
 
 def _ci(e: dict | None, digits: int = 3) -> str:
@@ -32,8 +31,26 @@ def _side(est: dict, null: float) -> str:
     return "inconclusive"
 
 
-def verdict_rows(m: dict[str, Any]) -> list[dict[str, str]]:
+def _lower_better(diff: dict) -> str:
+    """Which side a difference (aligned − base) of a rate where lower is better favours."""
+    if diff["high"] < 0:
+        return "aligned"
+    if diff["low"] > 0:
+        return "base"
+    return "inconclusive"
+
+
+def _drift_rows(d: dict[str, Any], add) -> None:
+    """Goodhart / drift rows (information, never a side)."""
+    add("Mean response tokens", _ci(d["base"]["tokens"]["mean"], 1), _ci(d["aligned"]["tokens"]["mean"], 1),
+        f"×{d['length_ratio']:.2f}", "info", "Goodhart: verbosity")  # fmt: skip
+    add("distinct-2 (corpus)", f"{d['base']['distinct_2']:.3f}", f"{d['aligned']['distinct_2']:.3f}",
+        f"{d['aligned']['distinct_2'] - d['base']['distinct_2']:+.3f}", "info", "diversity down = drift")  # fmt: skip
+
+
+def verdict_rows(m: dict[str, Any], judge: dict[str, Any] | None = None) -> list[dict[str, str]]:
     rows: list[dict[str, str]] = []
+    tainted = f" — ⚠ {JUDGE_SAW_TRAINING}" if judge and judge.get("overlap") else ""
 
     def add(metric, base, aligned, delta, better, note=""):
         rows.append(dict(metric=metric, base=base, aligned=aligned, delta=delta, better=better, note=note))
@@ -41,9 +58,18 @@ def verdict_rows(m: dict[str, Any]) -> list[dict[str, str]]:
     if "win_rate" in m:
         wr = m["win_rate"]
         add("Reward-model win rate", "—", _ci(wr["win_rate"]), f"W/T/L {wr['wins']}/{wr['ties']}/{wr['losses']}",
-            _side(wr["win_rate"], 0.5), "0.5 = no difference")  # fmt: skip
+            _side(wr["win_rate"], 0.5), "0.5 = no difference" + tainted)  # fmt: skip
         add("Length-controlled win rate", "—", _ci(wr["lc_win_rate"]), f"gap {wr['gap']:.3f}",
-            _side(wr["lc_win_rate"], 0.5), "at zero length difference")  # fmt: skip
+            _side(wr["lc_win_rate"], 0.5), "at zero length difference" + tainted)  # fmt: skip
+    d = m["drift"]
+    rb, ra = d["base"]["repetition"], d["aligned"]["repetition"]
+    add("Repetition rate (repeated word 4-grams)", _ci(rb), _ci(ra), f"{ra['value'] - rb['value']:+.3f}", "info",
+        "a win partly from fixing loops when base is much higher")  # fmt: skip
+    if "adversarial" in m:
+        o = m["adversarial"]["overall"]
+        add("Adversarial prompts: violation rate (lower = better)", _ci(o["base"]), _ci(o["aligned"]), _ci(o["diff"]),
+            _lower_better(o["diff"]), f"{m['adversarial']['n_prompts']} prompts tempting the card's rules"
+            + (f"; worse on: {', '.join(m['adversarial']['worse_rules'])}" if m["adversarial"]["worse_rules"] else ""))  # fmt: skip
     if "judge" in m:
         j = m["judge"]
         add("LLM judge win rate (swapped)", "—", _ci(j["win_rate"]), f"consistency {j['consistency']:.2f}",
@@ -56,8 +82,13 @@ def verdict_rows(m: dict[str, Any]) -> list[dict[str, str]]:
             else _side(c["overall"]["diff"], 0), f"rules worse than base: {', '.join(worse)}" if worse else "no rule worse")  # fmt: skip
     if "voice" in m:
         v = m["voice"]
-        add("Brand-voice similarity", _ci(v["base"]), _ci(v["aligned"]), _ci(v["diff"]), _side(v["diff"], 0),
-            "cosine to exemplar centroid")  # fmt: skip
+        ref = v.get("reference", "")
+        note = (
+            "voice vs train chosen answers, the card has no exemplars"
+            if "train chosen" in ref
+            else "cosine to exemplar centroid"
+        )
+        add("Brand-voice similarity", _ci(v["base"]), _ci(v["aligned"]), _ci(v["diff"]), _side(v["diff"], 0), note)  # fmt: skip
     if "implicit" in m:
         im = m["implicit"]
         add("Implicit reward accuracy", "—", _ci(im["accuracy"]), f"margin {_ci(im['margin'])}",
@@ -65,19 +96,14 @@ def verdict_rows(m: dict[str, Any]) -> list[dict[str, str]]:
     if "perplexity" in m:
         p = m["perplexity"]
         ratio = p["ratio"]
+        # Which side the CIs favour; how much of a rise is acceptable is the gate's (max_ppl_increase).
+        pa, pb = p["aligned"]["ppl"], p["base"]["ppl"]
         better = (
-            "base"
-            if ratio > 1 + PPL_TAX
-            else ("aligned" if p["aligned"]["ppl"]["high"] < p["base"]["ppl"]["low"] else "no regression")
+            "aligned" if pa["high"] < pb["low"] else ("base" if pa["low"] > pb["high"] else "no regression")
         )
-        add("Perplexity, general text (lower = better)", _ci(p["base"]["ppl"], 2), _ci(p["aligned"]["ppl"], 2),
-            f"×{ratio:.3f}", better, f"alignment tax if > ×{1 + PPL_TAX:.2f}")  # fmt: skip
-    d = m["drift"]
-    add("Mean response tokens", _ci(d["base"]["tokens"]["mean"], 1), _ci(d["aligned"]["tokens"]["mean"], 1),
-        f"×{d['length_ratio']:.2f}", "info", "Goodhart: verbosity")  # fmt: skip
-    add("distinct-2 / repetition", f"{d['base']['distinct_2']:.3f} / {d['base']['repetition']['value']:.3f}",
-        f"{d['aligned']['distinct_2']:.3f} / {d['aligned']['repetition']['value']:.3f}", "", "info",
-        "diversity down / loops up = drift")  # fmt: skip
+        add("Perplexity, general text (lower = better)", _ci(pb, 2), _ci(pa, 2),
+            f"×{ratio:.3f}", better, "release limit: the gate's max_ppl_increase")  # fmt: skip
+    _drift_rows(d, add)
     if "kl" in m:
         k = m["kl"]
         add(
@@ -160,18 +186,55 @@ def _md_table(rows: list[dict[str, str]]) -> str:
     return "\n".join(lines)
 
 
+def _sampling_line(s: dict[str, Any]) -> str:
+    how = "greedy" if not s["temperature"] else f"temperature {s['temperature']}, top_p {s['top_p']}"
+    return (f"Decoding (base and aligned alike): {how}, repetition penalty {s.get('repetition_penalty', 1.0)}, "
+            f"n {s['n']}, seed {s['seed']}, max_new_tokens {s['max_new_tokens']}.")  # fmt: skip
+
+
+def power_md(pw: dict[str, Any]) -> str:
+    """One paragraph: the minimum detectable win-rate difference and, for an inconclusive win
+    rate, the prompts an effect of the observed size would need."""
+    mdd = pw["min_detectable_diff"]
+    reach = (f"a win rate of {pw['min_detectable_win_rate']:.3f}" if mdd < 0.5
+             else "more than any win rate can show: far too few prompts")  # fmt: skip
+    out = [f"Power: with {pw['n_prompts']} test prompts the smallest win-rate difference from 0.5 this eval "
+           f"detects (two-sided 95%, 80% power, normal approximation) is ±{mdd:.3f} ({reach})."]  # fmt: skip
+    names = {"win_rate": "reward-model win rate", "lc_win_rate": "length-controlled win rate",
+             "judge_win_rate": "LLM judge win rate"}  # fmt: skip
+    for key, r in pw["rates"].items():
+        if not r["inconclusive"]:
+            continue
+        if r["prompts_needed"] is None:
+            out.append(f"The {names.get(key, key)} is inconclusive and exactly 0.5: no effect to resolve.")
+        else:
+            out.append(f"The {names.get(key, key)} is inconclusive: an effect of the observed size "
+                       f"({r['effect']:.3f}) would need about {r['prompts_needed']} test prompts to resolve.")  # fmt: skip
+    return " ".join(out)
+
+
 def build_report(
-    cfg, aligned, ps, chats, base_gen, al_gen, metrics, warnings, engine_kind, cfg_dict
+    cfg, aligned, ps, chats, base_gen, al_gen, metrics, warnings, engine_kind, cfg_dict, judge=None
 ) -> dict[str, Any]:
-    rows = verdict_rows(metrics)
+    rows = verdict_rows(metrics, judge)
     better, line = headline(metrics, rows)
+    if judge and judge.get("overlap") and "win_rate" in metrics:
+        line += (
+            f" ⚠ The win rate is not independent: {JUDGE_SAW_TRAINING} ({judge['overlap']} shared records)."
+        )
     md = f"{line}\n\n{_md_table(rows)}"
+    # Under the table (after the gate in report.md): how much the test size can show, and the decoding.
+    notes = ([power_md(metrics["power"])] if "power" in metrics else []) + [
+        _sampling_line(cfg_dict["sampling"])
+    ]
     return {
+        "judge_independence": judge,
         "verdict": line.replace("**", ""),  # one plain line, e.g. for the pipeline's final table
         "aligned_better": better,
         "summary": summary(rows),
         "verdict_rows": rows,
         "verdict_markdown": md,
+        "verdict_notes": notes,
         "metrics": metrics,
         "warnings": warnings,
         "inputs": {
@@ -214,24 +277,56 @@ def _samples_md(ps, chats, base_gen, al_gen, metrics, k: int) -> str:
     return "\n".join(lines)
 
 
+def adversarial_md(a: dict[str, Any]) -> list[str]:
+    out = [
+        "",
+        "## Adversarial prompts (tempting each brand rule)",
+        "",
+        f"{a['n_prompts']} prompts ({a['sources']['card']} generated from the brand card, {a['sources']['files']} from "
+        "files), each scored on the rule it targets; rate = answers breaking that rule (lower is better). "
+        "A `when`-triggered rule applies only when the answer itself mentions the trigger (`applied`). "
+        "Answers: `adversarial.jsonl`.",
+        "",
+        "| Rule | Kind | Answers | Base violation rate | Aligned violation rate | Δ aligned − base | Applied base / aligned |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    o = a["overall"]
+    for rid, r in a["per_rule"].items():
+        out.append(f"| {rid} | {r['kind']} | {r['n']} | {_ci(r['base'], 2)} | {_ci(r['aligned'], 2)} | "
+                   f"{_ci(r['diff'], 2)} | {r['applied']['base']} / {r['applied']['aligned']} |")  # fmt: skip
+    out.append(
+        f"| **all** | | {a['n_answers']} | {_ci(o['base'], 2)} | {_ci(o['aligned'], 2)} | {_ci(o['diff'], 2)} | |"
+    )
+    if a["worse_rules"]:
+        out += ["", "Aligned breaks these rules more often than base: " + ", ".join(a["worse_rules"]) + "."]
+    return out
+
+
 def render_markdown(report: dict[str, Any], plots: list[str], samples_md: str) -> str:
     inp, m = report["inputs"], report["metrics"]
     out = [
         "# Eval report: aligned vs base",
         "",
         report["verdict_markdown"],
+    ]
+    if report.get("gate"):
+        out += _gate_md(report["gate"])
+    for note in report.get("verdict_notes", []):
+        out += ["", note]
+    out += [
         "",
         f"Base `{inp['base_model']}` vs aligned `{inp['aligned']['path']}` ({inp['aligned']['kind']}), "
         f"{inp['n_prompts']} prompts from `{inp['prompts']}`, engine `{inp['engine']}`. "
         "Intervals are 95% bootstrap CIs over prompts.",
     ]
-    if report.get("gate"):
-        out += _gate_md(report["gate"])
     if report["warnings"]:
         out += ["", "**Warnings**", ""] + [f"- ⚠ {html.escape(w)}" for w in report["warnings"]]
     if m.get("skipped"):
         out += ["", "Not computed: " + "; ".join(f"{k} ({v})" for k, v in m["skipped"].items())]
     out += ["", "## Plots", ""] + [f"![{p}]({p})" for p in plots]
+    ji = report.get("judge_independence")
+    if ji:
+        out += ["", f"Judge independence: {html.escape(ji['detail'])} (judge `{ji['judge']}`)."]
     if "compliance" in m:
         out += [
             "",
@@ -244,6 +339,8 @@ def render_markdown(report: dict[str, Any], plots: list[str], samples_md: str) -
             out.append(
                 f"| {rid} | {r['kind']} | {_ci(r['base'], 2)} | {_ci(r['aligned'], 2)} | {r['base_violations']} → {r['aligned_violations']} |"
             )
+    if "adversarial" in m:
+        out += adversarial_md(m["adversarial"])
     out += [
         "",
         "## Side-by-side samples",
@@ -257,8 +354,8 @@ def render_markdown(report: dict[str, Any], plots: list[str], samples_md: str) -
     return "\n".join(out) + "\n"
 
 
-def write_report(out: Path, report, ps, chats, base_gen, al_gen, k: int) -> None:
-    from onbrand.eval.plots import plot_compliance, plot_rewards, plot_win_rates
+def write_report(out: Path, report, ps, chats, base_gen, al_gen, k: int, adversarial_rows=None) -> None:
+    from onbrand.eval.plots import plot_adversarial, plot_compliance, plot_rewards, plot_win_rates
 
     m = report["metrics"]
     lengths = {
@@ -273,6 +370,11 @@ def write_report(out: Path, report, ps, chats, base_gen, al_gen, k: int) -> None
             plots += ["rewards_hist.png", "length_vs_reward.png"]
         if plot_compliance(m, tmp / "compliance.png"):
             plots.append("compliance.png")
+        if plot_adversarial(m, tmp / "adversarial.png"):
+            plots.append("adversarial.png")
+        if adversarial_rows:
+            adv = [json.dumps(r, ensure_ascii=False) for r in adversarial_rows]
+            atomic_write_text(tmp / "adversarial.jsonl", "\n".join(adv) + "\n")
         rows = []
         for i, c in enumerate(chats):
             row = {"id": ps.ids[i], "channel": ps.channels[i], "prompt": c, "base": base_gen[i].texts,

@@ -106,7 +106,7 @@ def _channels(card, channels: list[str | None], warnings: list[str]) -> list[str
 
 def score_all(cfg, aligned, ps: PromptSet, chats, base_gen, al_gen, card, scorer, embedder, warnings) -> dict:
     """Every metric family; a family whose input is missing is recorded under ``skipped``."""
-    from onbrand.eval.metrics import compliance, drift, voice, winrate
+    from onbrand.eval.metrics import compliance, drift, winrate
 
     m: dict[str, Any] = {"skipped": {}}
     base_txt, al_txt = [g.text for g in base_gen], [g.text for g in al_gen]
@@ -130,13 +130,8 @@ def score_all(cfg, aligned, ps: PromptSet, chats, base_gen, al_gen, card, scorer
         m["compliance"] = compliance.compliance(card, al_txt, base_txt, chans, nb, seed)
     elif cfg.metrics.compliance:
         m["skipped"]["compliance"] = "no brand card (set brand: configs/brands/<id>.yaml)"
-    exemplars = list(getattr(card, "exemplars", []) or [])
-    if cfg.metrics.voice and exemplars:
-        m["voice"] = voice.voice(
-            embedder or voice.load_embedder(), al_txt, base_txt, chans, exemplars, nb, seed
-        )
-    elif cfg.metrics.voice:
-        m["skipped"]["voice"] = "the brand card has no exemplars"
+    if cfg.metrics.voice:
+        _voice(cfg, card, al_txt, base_txt, chans, embedder, m)
     if cfg.metrics.kl or cfg.metrics.implicit or cfg.metrics.perplexity:
         _logprob_metrics(cfg, aligned, ps, chats, al_gen, card, m)
     if cfg.metrics.judge:
@@ -151,6 +146,45 @@ def score_all(cfg, aligned, ps: PromptSet, chats, base_gen, al_gen, card, scorer
         finally:
             engine.close()
     return m
+
+
+def kl_note(sampling) -> str:
+    """What the KL number means for these samples: only plain sampling (temperature 1, top_p 1,
+    no repetition penalty) draws from the aligned model itself, so only then is it a KL estimate."""
+    if sampling.greedy:
+        how = "greedy samples: log-ratio at the aligned mode"
+        return how + (
+            f" (repetition penalty {sampling.repetition_penalty})"
+            if sampling.repetition_penalty != 1.0
+            else ""
+        )
+    if sampling.temperature == 1.0 and sampling.top_p == 1.0 and sampling.repetition_penalty == 1.0:
+        return "sampled from the aligned model: Monte Carlo KL estimate"
+    return (
+        f"samples at temperature {sampling.temperature}, top_p {sampling.top_p}, repetition penalty "
+        f"{sampling.repetition_penalty} (as served): mean log-ratio on the served outputs, not an unbiased KL"
+    )
+
+
+def _voice(cfg, card, al_txt, base_txt, chans, embedder, m) -> None:
+    """Similarity to the card's exemplars; without any, to the snapshot's train chosen answers."""
+    from onbrand.eval.inputs import train_exemplars
+    from onbrand.eval.metrics import voice
+
+    exemplars = list(getattr(card, "exemplars", []) or [])
+    reference = f"the brand card's {len(exemplars)} exemplars"
+    if not exemplars and cfg.snapshot:
+        exemplars = train_exemplars(cfg.snapshot, card)
+        reference = f"{len(exemplars)} train chosen answers, the card has no exemplars"
+    if not exemplars:
+        m["skipped"]["voice"] = (
+            "the brand card has no exemplars (and no snapshot train split to fall back on)"
+        )
+        return
+    m["voice"] = voice.voice(
+        embedder or voice.load_embedder(), al_txt, base_txt, chans, exemplars, cfg.bootstrap, cfg.seed
+    )
+    m["voice"]["reference"] = reference
 
 
 def _logprob_metrics(cfg, aligned, ps, chats, al_gen, card, m) -> None:
@@ -168,9 +202,7 @@ def _logprob_metrics(cfg, aligned, ps, chats, al_gen, card, m) -> None:
         m["kl"] = logprobs.kl_estimate(
             lp.fn(ALIGNED), lp.fn("base"), prompt_ids, [g.token_ids[0] for g in al_gen], nb, seed
         )
-        m["kl"]["note"] = (
-            "greedy samples: log-ratio at the aligned mode" if cfg.sampling.greedy else "sampled"
-        )
+        m["kl"]["note"] = kl_note(cfg.sampling)
     if cfg.metrics.implicit and ps.pairs:
         end = stop_token_ids(tok, getattr(lp.model, "generation_config", None))[:1]
         system = card.system_prompt() if card is not None else None
@@ -220,12 +252,54 @@ def flatten_samples(ps: PromptSet, chats, base_gen, al_gen):
     return ps, [chats[i] for i, _ in rows], base, aligned
 
 
+def _judge_check(cfg: EvalConfig, aligned: Aligned, warnings: list[str]) -> dict[str, Any]:
+    """Lineage check of the reward model against the policy (raises on overlap unless allowed)."""
+    from onbrand.eval.lineage import JUDGE_SAW_TRAINING, judge_independence
+
+    reward = cfg.reward if cfg.metrics.reward else None
+    ji = judge_independence(cfg.aligned if aligned.run else None, reward, cfg.allow_judge_overlap)
+    if ji["overlap"]:
+        warnings.append(f"{JUDGE_SAW_TRAINING}: the reward model was trained on {ji['overlap']} record(s) "
+                        "the policy was trained on (allow_judge_overlap=true); its win rate is not independent")  # fmt: skip
+    elif reward and not ji["checked"]:
+        warnings.append(f"judge independence not checked: {ji['detail']}")
+    return ji
+
+
+def _adversarial_items(cfg: EvalConfig, card, skipped: dict[str, str]) -> list[dict[str, Any]]:
+    from onbrand.eval.metrics.adversarial import suite
+
+    if not cfg.adversarial.enabled:
+        return []
+    if card is None:
+        skipped["adversarial"] = "no brand card (set brand: configs/brands/<id>.yaml)"
+        return []
+    items = suite(card, cfg.adversarial.per_rule, cfg.adversarial.inputs)
+    if not items:
+        skipped["adversarial"] = "no adversarial prompts (adversarial.per_rule=0 and no inputs)"
+    return items
+
+
+def _score_adversarial(cfg, card, items, base_gen, al_gen, warnings) -> dict[str, Any]:
+    from onbrand.eval.metrics.adversarial import adversarial
+
+    texts = lambda gens: [g.texts for g in gens]  # noqa: E731 - every sample of each prompt
+    out = adversarial(card, items, texts(base_gen), texts(al_gen), cfg.bootstrap, cfg.ci, cfg.seed)
+    if out["worse_rules"]:
+        warnings.append(
+            "adversarial prompts: aligned breaks these rules more often than base: "
+            + ", ".join(out["worse_rules"])
+        )
+    return out
+
+
 def run_eval(cfg: EvalConfig, scorer=None, embedder=None) -> dict[str, Any]:
     """Run the whole eval stage; returns the report dict (also written to ``cfg.out_dir``).
 
     ``scorer`` (anything with ``.score(conversations) -> list[float]``) and ``embedder`` (anything
     with ``.encode(texts)``) override the reward run and the MiniLM embedder (tests, custom RMs).
     """
+    from onbrand.eval.metrics.power import power_analysis
     from onbrand.eval.report import build_report, write_report
 
     t0 = time.perf_counter()
@@ -234,36 +308,51 @@ def run_eval(cfg: EvalConfig, scorer=None, embedder=None) -> dict[str, Any]:
 
         torch.set_num_threads(cfg.threads)
     aligned = resolve_aligned(cfg.aligned, cfg.base_model, cfg.beta)
+    warnings: list[str] = []
+    judge_ind = _judge_check(cfg, aligned, warnings)  # before any generation: fail fast
     ps = load_prompts(cfg.snapshot, cfg.prompts, cfg.split, cfg.max_prompts, cfg.max_pairs)
     card = None
     if cfg.brand:
         from onbrand.data.brand import load_brand
 
         card = load_brand(cfg.brand)
-    warnings: list[str] = []
     system = card.system_prompt() if card is not None else None
     if card is not None and aligned.run and aligned.run.get("system_prompt") not in (None, system):
         warnings.append(
             "the aligned run was trained with a different system prompt than this brand card renders"
         )
     chats = [with_system(p, system) for p in ps.prompts]
-    _log(f"{len(chats)} prompts from {ps.source}; aligned = {aligned.kind} {aligned.path}")
+    skipped: dict[str, str] = {}
+    adv_items = _adversarial_items(cfg, card, skipped)
+    adv_chats = [with_system([{"role": "user", "content": it["prompt"]}], system) for it in adv_items]
+    _log(
+        f"{len(chats)} prompts from {ps.source} + {len(adv_chats)} adversarial; aligned = {aligned.kind} {aligned.path}"
+    )
     t_gen = time.perf_counter()
-    base_gen, al_gen, engine_kind = generate_both(cfg, aligned, chats)
+    # One engine call for the main and the adversarial prompts: same engine start, same sampling.
+    base_all, al_all, engine_kind = generate_both(cfg, aligned, chats + adv_chats)
     gen_s = time.perf_counter() - t_gen
+    n_main = len(chats)
+    base_gen, al_gen = base_all[:n_main], al_all[:n_main]
+    adv_base, adv_al = base_all[n_main:], al_all[n_main:]
     _log(f"generated with {engine_kind} in {gen_s:.1f}s; scoring")
     if cfg.sampling.n > 1:
         ps, chats, base_gen, al_gen = flatten_samples(ps, chats, base_gen, al_gen)
     metrics = score_all(cfg, aligned, ps, chats, base_gen, al_gen, card, scorer, embedder, warnings)
+    metrics["skipped"].update(skipped)
+    if adv_items:
+        metrics["adversarial"] = _score_adversarial(cfg, card, adv_items, adv_base, adv_al, warnings)
+    metrics["power"] = power_analysis(metrics, n_main)
     metrics.setdefault("timings", {}).update(
         generate_s=round(gen_s, 1), total_s=round(time.perf_counter() - t0, 1)
     )
     report = build_report(
-        cfg, aligned, ps, chats, base_gen, al_gen, metrics, warnings, engine_kind, to_dict(cfg)
+        cfg, aligned, ps, chats, base_gen, al_gen, metrics, warnings, engine_kind, to_dict(cfg), judge_ind
     )
     if cfg.gate:
         report["gate"] = apply_gate(report, cfg.gate)
-    write_report(Path(cfg.out_dir), report, ps, chats, base_gen, al_gen, cfg.samples_in_report)
+    adv_rows = [{**it, "base": b.texts, "aligned": a.texts} for it, b, a in zip(adv_items, adv_base, adv_al)]
+    write_report(Path(cfg.out_dir), report, ps, chats, base_gen, al_gen, cfg.samples_in_report, adv_rows)
     _log(f"report written to {cfg.out_dir}/report.md")
     return report
 
@@ -312,6 +401,8 @@ def handle(args: argparse.Namespace) -> int:
     overrides = list(args.overrides) + ([f"gate={args.gate}"] if args.gate else [])
     report = run_eval(load_config(EvalConfig, args.config, overrides))
     print(report["verdict_markdown"])
+    for note in report.get("verdict_notes", []):
+        print(f"\n{note}")
     return print_gate(report["gate"]) if report.get("gate") else 0
 
 

@@ -14,7 +14,9 @@ Semantics (identical for every engine):
 - ``Request.adapter`` names a LoRA given to the engine at construction (``None`` = the base model).
 - ``Sampling.temperature == 0`` is greedy decoding; otherwise temperature + nucleus (``top_p``)
   sampling with ``n`` samples per request, seeded by ``seed`` (reproducible per engine, not across
-  engines: their random streams differ).
+  engines: their random streams differ). ``repetition_penalty`` (1.0 = off) divides the logits of
+  tokens already in the prompt or the output (CTRL-style, as both transformers and vLLM apply it),
+  in greedy and sampled decoding alike.
 - Generation stops at the tokenizer's EOS / the generation config's EOS ids or ``max_new_tokens``.
   Returned text excludes the prompt and special tokens; ``token_ids`` excludes the stop token.
 """
@@ -39,12 +41,14 @@ class Sampling:
     top_p: float = 1.0
     n: int = 1
     seed: int = 0
+    repetition_penalty: float = 1.0  # 1.0 = off; > 1 discourages repeating tokens already seen
 
     def __post_init__(self) -> None:
         check_range("max_new_tokens", self.max_new_tokens, 1, 32768)
         check_range("temperature", self.temperature, 0.0, 10.0)
         check_range("top_p", self.top_p, 0.0, 1.0, lo_open=True)
         check_range("n", self.n, 1, 1024)
+        check_range("repetition_penalty", self.repetition_penalty, 0.0, 10.0, lo_open=True)
         if self.temperature == 0.0 and self.n != 1:
             raise ValueError(f"n must be 1 with greedy decoding (temperature=0), got n={self.n}")
 

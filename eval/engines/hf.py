@@ -114,6 +114,7 @@ class HFEngine:
             eos_token_id=self.stops,
             pad_token_id=pad,
             num_return_sequences=sampling.n,
+            repetition_penalty=sampling.repetition_penalty,
         )
         if sampling.greedy:
             kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)

@@ -108,6 +108,11 @@ class VLLMEngine:
             max_model_len=max_model_len,
             max_num_seqs=max_num_seqs,
             kv_cache_memory_bytes=int(kv_cache_gib * (1 << 30)),
+            # No partial prefills: vLLM rewinds a seeded request's generator after a partial prefill
+            # (set_offset), which torch's CPU generator refuses ("CPU Generator does not use offset"),
+            # so seeded sampling crashed once a batch of prompts overflowed the token budget.
+            enable_chunked_prefill=False,
+            max_num_batched_tokens=max(4096, max_model_len),
         )
         if self.adapters:
             rank = max(adapter_rank(p) for p in self.adapters.values())
@@ -138,6 +143,7 @@ class VLLMEngine:
                     temperature=sampling.temperature,
                     top_p=sampling.top_p if not sampling.greedy else 1.0,
                     max_tokens=sampling.max_new_tokens,
+                    repetition_penalty=sampling.repetition_penalty,
                     # Per-request seed: the samples do not depend on how requests were batched.
                     seed=None if sampling.greedy else sampling.seed + i,
                     stop_token_ids=self.stops,

