@@ -194,14 +194,37 @@ def _write_reference(tmp: Path, prompts: list[dict[str, Any]], logits: list[Any]
     save_file(tensors, str(tmp / REFERENCE))
 
 
-def _write_merged(tmp: Path, base_dir: Path, chain: list[Path], max_shard_size: str) -> Any:
+def serving_sampling(report: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The decoding the eval measured (its ``sampling``), as ``generation_config.json`` keys: the
+    export is served the way it was judged (vLLM and transformers read these as their defaults)."""
+    s = ((report or {}).get("config") or {}).get("sampling")
+    if not s:
+        return None
+    if not s.get("temperature"):
+        return {"do_sample": False, "repetition_penalty": s.get("repetition_penalty", 1.0)}
+    return {
+        "do_sample": True,
+        "temperature": s["temperature"],
+        "top_p": s.get("top_p", 1.0),
+        "top_k": 0,  # nucleus only, as the eval engines sample
+        "repetition_penalty": s.get("repetition_penalty", 1.0),
+    }
+
+
+def _write_merged(
+    tmp: Path, base_dir: Path, chain: list[Path], max_shard_size: str, sampling: dict[str, Any] | None
+) -> Any:
     from onbrand.models import _portable_configs, load_tokenizer
 
     model = base_with_adapters(base_dir, chain, merge_last=True)
     model.save_pretrained(tmp, safe_serialization=True, max_shard_size=max_shard_size)
     load_tokenizer(base_dir).save_pretrained(tmp)
+    gen_path = tmp / "generation_config.json"
     if (base_dir / "generation_config.json").exists():
-        shutil.copy(base_dir / "generation_config.json", tmp / "generation_config.json")
+        shutil.copy(base_dir / "generation_config.json", gen_path)
+    if sampling:
+        gen = read_json(gen_path) if gen_path.exists() else {}
+        atomic_write_json(gen_path, {**gen, **sampling})
     _portable_configs(tmp)  # loadable by vLLM and transformers 4.x readers too
     return model
 
@@ -254,10 +277,11 @@ def _prepare(run_dir: Path, out_dir: Path, fmt: str, overwrite: bool) -> dict[st
     }
 
 
-def _manifest(job: dict[str, Any], fmt: str, parity: dict[str, Any]) -> dict[str, Any]:
+def _manifest(job: dict[str, Any], fmt: str, parity: dict[str, Any], report: dict | None) -> dict[str, Any]:
     from onbrand.export_card import snapshot_counts
 
     run, lineage, env = job["run"], job["lineage"], environment_record()
+    gate = (report or {}).get("gate")
     return {
         "kind": EXPORT_KIND,
         "format_version": FORMAT_VERSION,
@@ -276,6 +300,9 @@ def _manifest(job: dict[str, Any], fmt: str, parity: dict[str, Any]) -> dict[str
             "adapters_in_order": len(job["chain"]),
         },
         "parity": parity,
+        # How the eval judged it (serve it the same way) and whether it passed the release gate.
+        "sampling": serving_sampling(report),
+        "gate": None if not gate else {"config": gate["config"], "passed": gate["passed"]},
         "onbrand_version": __version__,
         "git_commit": env["git_commit"],
         "environment": env,
@@ -308,6 +335,8 @@ def export_run(
         eval_report = run_dir.parent / "eval" / "report.json"
     bar = tqdm(total=4, desc="export: reference logits", unit="step")
     with atomic_dir(out_dir) as tmp:
+        report = _write_lineage(tmp, job["lineage"], Path(eval_report) if eval_report else None)
+        sampling = serving_sampling(report if report and "excluded" not in report else None)
         prompts = parity_inputs(load_tokenizer(base_dir), run.get("system_prompt"))
         # Reference: base + adapter exactly as eval/vLLM serve it (unmerged LoRA on the fp32 base).
         reference = prompt_logits(base_with_adapters(base_dir, chain, merge_last=False), prompts)
@@ -316,7 +345,7 @@ def export_run(
         bar.update()
         bar.set_description("export: merge + save weights")
         if fmt in ("merged", "both"):
-            merged = _write_merged(tmp, base_dir, chain, max_shard_size)
+            merged = _write_merged(tmp, base_dir, chain, max_shard_size, sampling)
             diff = max_abs_diff(prompt_logits(merged, prompts), reference)
             parity["merged_vs_base_plus_adapter_at_export"] = diff
             del merged
@@ -324,11 +353,10 @@ def export_run(
         bar.set_description("export: adapter + lineage")
         if fmt in ("adapter", "both"):
             _write_adapter(tmp, chain, run["base_model"])
-        report = _write_lineage(tmp, job["lineage"], Path(eval_report) if eval_report else None)
         atomic_write_text(tmp / "system_prompt.txt", run.get("system_prompt") or "")
         bar.update()
         bar.set_description("export: card + manifest")
-        manifest = _manifest(job, fmt, parity)
+        manifest = _manifest(job, fmt, parity, report if report and "excluded" not in report else None)
         atomic_write_text(tmp / "MODEL_CARD.md", model_card(manifest, job["lineage"], report))
         _write_manifest(tmp, manifest)
         bar.update()

@@ -197,7 +197,13 @@ def hf_greedy(model, prompts: list[dict], max_new_tokens: int) -> list[list[int]
                 input_ids=ids,
                 attention_mask=torch.ones_like(ids),
                 max_new_tokens=max_new_tokens,
+                # Plain greedy, like vLLM's SamplingParams(temperature=0): the export's
+                # generation_config.json carries the serving sampling (repetition penalty too).
                 do_sample=False,
+                temperature=None,
+                top_p=None,
+                top_k=None,
+                repetition_penalty=1.0,
             )
             outs.append(gen[0, ids.shape[1] :].tolist())
     return outs

@@ -55,8 +55,12 @@ class RunConfig:
     export: ExportSection = field(default_factory=ExportSection)
     # Extra dotted overrides per stage, e.g. {dpo: ["train.epochs=2"]}.
     overrides: dict[str, list[str]] = field(default_factory=dict)
-    sample_prompt: str = "Can your lamp help me sleep better?"
+    # The model stage's base answer: "" = the first prompt of the brand's own data (its data config).
+    sample_prompt: str = ""
     max_new_tokens: int = 64
+    # The release gate applied to the eval report (configs/eval/gates.yaml); "" = no gate.
+    # `onbrand run` exits 1 when it fails.
+    gate: str = "configs/eval/gates.yaml"
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -169,6 +173,11 @@ def run_pipeline(cfg: RunConfig, force: tuple[str, ...] = (), config_path: str =
             f"[{i}/{n}] {stage}: {'skipped (inputs unchanged)' if status == 'skipped' else f'done in {seconds:.0f} s'}"
         )
     _print_summary(cfg, ctx, timings)
+    gate = (ctx.results.get("eval") or {}).get("gate")
+    if gate and not gate.get("passed"):
+        failed = [c["name"] for c in gate["checks"] if not c["passed"]]
+        print(f"\nGATE FAILED ({gate['config']}): {', '.join(failed)}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -61,24 +61,41 @@ def _run_model(cfg, _stage_cfg, _ctx) -> dict[str, Any]:
     resolve_model(cfg.model)
     t_resolve = time.perf_counter() - t0
     facts = model_facts(cfg.model)
-    answer, t_load, params = _sample_answer(cfg)
+    prompt = cfg.sample_prompt or _brand_sample_prompt(cfg)
+    answer, t_load, params = _sample_answer(cfg, prompt)
     print(
         f"  {facts['name']}: {facts['architecture']}, {params / 1e6:.1f}M parameters, vocab {facts['vocab_size']}, "
         f"{facts['num_hidden_layers']} layers, hidden {facts['hidden_size']} ({facts['path']})\n"
         f"  {'converted GGUF -> safetensors' if converting else 'cached checkpoint'} in {t_resolve:.1f} s; "
-        f"loaded in {t_load:.1f} s\n  sample prompt: {cfg.sample_prompt}\n  base answer:   {answer}"
+        f"loaded in {t_load:.1f} s\n  sample prompt: {prompt}\n  base answer:   {answer}"
     )
     keep = ("name", "path", "vocab_size", "hidden_size", "num_hidden_layers", "model_hash")
     return {
         **{k: facts[k] for k in keep if k in facts},
         "parameters": params,
+        "sample_prompt": prompt,
         "base_answer": answer,
         "resolve_seconds": round(t_resolve, 1),
         "load_seconds": round(t_load, 1),
     }
 
 
-def _sample_answer(cfg) -> tuple[str, float, int]:
+def _brand_sample_prompt(cfg) -> str:
+    """The last user turn of the first valid record of the brand's own data (its data config)."""
+    from onbrand.config import load_config
+    from onbrand.data.config import DataConfig
+    from onbrand.data.snapshot import resolve_input
+    from onbrand.data.validate import ImportStats, Quarantined, import_files
+
+    data_cfg = load_config(DataConfig, cfg.data, [])
+    paths = [resolve_input(p) for p in [*data_cfg.inputs, *data_cfg.test_inputs]]
+    for item in import_files(paths, data_cfg.format, data_cfg.max_chars, ImportStats(), None):
+        if not isinstance(item, Quarantined):
+            return [m["content"] for m in item["prompt"] if m["role"] == "user"][-1]
+    raise ValueError(f"{cfg.data}: no valid record to take a sample prompt from (set sample_prompt)")
+
+
+def _sample_answer(cfg, prompt: str) -> tuple[str, float, int]:
     """Greedy base answer under the brand card's system prompt (what the aligned model must beat)."""
     import time
 
@@ -93,7 +110,7 @@ def _sample_answer(cfg) -> tuple[str, float, int]:
     t_load = time.perf_counter() - t0
     messages = [
         {"role": "system", "content": load_brand(cfg.brand).system_prompt()},
-        {"role": "user", "content": cfg.sample_prompt},
+        {"role": "user", "content": prompt},
     ]
     ids = tok.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt", return_dict=True)
     with torch.no_grad():
@@ -186,7 +203,12 @@ def _ov_eval(cfg, ctx) -> list[str]:
         f"snapshot={_p(ctx, 'snapshot')}",
         f"brand={cfg.brand}",
         f"out_dir={_p(ctx, 'eval')}",
+        *([f"gate={cfg.gate}"] if cfg.gate else []),
     ]
+
+
+def _files_eval(stage_cfg) -> list[str]:
+    return [stage_cfg.gate] if stage_cfg is not None and stage_cfg.gate else []
 
 
 def _run_eval(cfg, stage_cfg, ctx) -> dict[str, Any]:
@@ -197,37 +219,8 @@ def _run_eval(cfg, stage_cfg, ctx) -> dict[str, Any]:
         "report_dir": str(stage_cfg.out_dir),
         "summary": report.get("summary", {}),
         "verdict": report.get("verdict"),
-        "gate_passed": report.get("gate", {}).get("passed", True),
-        "effect": effect_checks(report),
+        "gate": report.get("gate"),  # onbrand.eval.gate.check_gate on the run config's gate YAML
     }
-
-
-def _get(d: Any, *keys: str) -> Any:
-    for key in keys:
-        if not isinstance(d, dict) or key not in d:
-            return None
-        d = d[key]
-    return d
-
-
-def effect_checks(report: dict[str, Any]) -> list[dict[str, Any]]:
-    """The demo's "real effect" thresholds, checked on the eval report (None = not computed)."""
-    m = report.get("metrics", {})
-    acc = _get(m, "implicit", "accuracy", "value")
-    win_low = _get(m, "win_rate", "win_rate", "low")
-    lc = _get(m, "win_rate", "lc_win_rate", "value")
-    overall = _get(m, "compliance", "overall", "diff", "value")
-    worse = _get(m, "compliance", "worse_rules")
-    ratio = _get(m, "perplexity", "ratio")
-    checks = [
-        ("implicit reward accuracy >= 0.8", acc, acc is not None and acc >= 0.8),
-        ("win-rate 95% CI lower bound > 0.5", win_low, win_low is not None and win_low > 0.5),
-        ("length-controlled win rate > 0.5", lc, lc is not None and lc > 0.5),
-        ("compliance better overall (aligned - base > 0)", overall, overall is not None and overall > 0),
-        ("no compliance rule worse than base", worse, worse is not None and not worse),
-        ("perplexity on general text up <= 10%", ratio, ratio is not None and ratio <= 1.10),
-    ]
-    return [{"check": name, "value": value, "passed": bool(ok)} for name, value, ok in checks]
 
 
 def _fp_eval(cfg, ctx) -> str:
@@ -302,6 +295,7 @@ STAGES: dict[str, Stage] = {
         _ov_eval,
         _run_eval,
         _fp_eval,
+        input_files=_files_eval,
     ),
     "export": Stage(
         "merged checkpoint + manifest, verified (checksums, parity, vLLM)",
@@ -338,12 +332,18 @@ def summary_lines(cfg, ctx: StageContext) -> list[str]:
         )
         for key, value in (res["eval"].get("summary") or {}).items():
             lines.append(f"          {key:<42} {value}")
-        effect = res["eval"].get("effect") or []
-        if effect:
-            lines.append(f"effect    {sum(c['passed'] for c in effect)}/{len(effect)} thresholds met")
-            for c in effect:
+        gate = res["eval"].get("gate")
+        if gate:
+            checks = gate["checks"]
+            status = "PASSED" if gate["passed"] else "FAILED"
+            lines.append(
+                f"gate      {gate['config']}: {status} ({sum(c['passed'] for c in checks)}/{len(checks)} checks)"
+            )
+            for c in checks:
                 value = f"{c['value']:.3f}" if isinstance(c["value"], float) else c["value"]
-                lines.append(f"          {'PASS' if c['passed'] else 'FAIL'}  {c['check']:<48} {value}")
+                lines.append(
+                    f"          {'PASS' if c['passed'] else 'FAIL'}  {c['name']:<24} {value!s:<10} {c['detail']}"
+                )
     if "export" in res:
         lines.append(f"export    {res['export']['export_dir']}")
     return lines

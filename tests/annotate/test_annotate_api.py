@@ -332,6 +332,8 @@ def test_export_cli_round_trip_into_snapshot(env, tmp_path):
     overrides = [
         f"inputs=[{imported / 'records.jsonl'}]",
         "test_inputs=[]",
+        "dev_inputs=[]",
+        "judge_inputs=[]",
         f"brand={env.brand}",
         "tokenizer=''",
     ]

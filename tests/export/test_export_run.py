@@ -183,3 +183,39 @@ def test_card_counts_from_snapshot_manifest(runs, tiny_model_dir, kit, tmp_path)
     card = (out / "MODEL_CARD.md").read_text()
     assert "| train | 415 | complaint_reply 65 |" in card and "Small training set (415" in card
     assert json.loads((out / "manifest.json").read_text())["snapshot_counts"] == counts
+
+
+def test_export_is_served_with_the_sampling_the_eval_measured(runs, tmp_path):
+    """generation_config.json carries the eval's decoding; the manifest records it and the gate."""
+    from onbrand.export import serving_sampling
+
+    root = tmp_path / "r"
+    shutil.copytree(runs["sft"], root / "sft")
+    shutil.copytree(runs["dpo"], root / "dpo")
+    dpo_run = json.loads((root / "dpo" / "run.json").read_text())
+    sampling = {
+        "max_new_tokens": 96,
+        "temperature": 0.2,
+        "top_p": 0.9,
+        "repetition_penalty": 1.1,
+        "n": 1,
+        "seed": 0,
+    }
+    report = {"summary": {}, "config": {"sampling": sampling}, "inputs": {"aligned": {"run_id": dpo_run["run_id"]}},
+              "gate": {"config": "configs/eval/gates.yaml", "passed": False, "checks": []}}  # fmt: skip
+    (root / "eval").mkdir()
+    (root / "eval" / "report.json").write_text(json.dumps(report))
+    out = export_run(root / "dpo", tmp_path / "exp", "merged")
+    gen = json.loads((out / "generation_config.json").read_text())
+    assert (gen["do_sample"], gen["temperature"], gen["top_p"], gen["repetition_penalty"]) == (
+        True,
+        0.2,
+        0.9,
+        1.1,
+    )
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["sampling"] == serving_sampling(report)
+    assert manifest["gate"] == {"config": "configs/eval/gates.yaml", "passed": False}
+    assert verify_export(out, vllm="off").ok  # parity is checked greedily, whatever the serving sampling
+    greedy = serving_sampling({"config": {"sampling": {**sampling, "temperature": 0.0}}})
+    assert greedy == {"do_sample": False, "repetition_penalty": 1.1}
