@@ -41,6 +41,13 @@ SETTINGS = {
 }
 
 
+def _cpu() -> str:
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].replace("(R)", "").replace(" Processor", "").strip()
+    return platform.processor() or platform.machine()
+
+
 def run_eval(config: str, overrides: list[str], out_dir: Path) -> dict:
     """One ``onbrand eval`` in a fresh process (safe path: the repo's folders shadow PyPI names)."""
     cmd = [
@@ -102,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--repeats", type=int, default=2)
     p.add_argument("--no-write", action="store_true")
     args = p.parse_args(argv)
-    load = f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores at start"
+    load = f"{_cpu()}, {os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f} at start"
     runs: dict[str, list[dict]] = {name: [] for name in SETTINGS}
     with tempfile.TemporaryDirectory(prefix="bench-eval-") as tmp:
         for i in range(args.repeats):
