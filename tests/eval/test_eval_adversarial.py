@@ -146,11 +146,15 @@ def test_judge_independence_passes_and_is_recorded(setup):
     assert "Judge independence: no shared record" in (setup["tmp"] / "out" / "report.md").read_text()
 
 
-def test_judge_trained_on_policy_records_is_refused(setup):
+def test_judge_trained_on_policy_records_is_refused(setup, capsys):
+    from onbrand.cli import main as cli_main
+
     judge = _run(setup["tmp"] / "leaky", "reward", ["r2", "r3", "j9"])
     args = [a for a in setup["base"] if not a.startswith("reward=")] + [f"reward={judge}"]
     with pytest.raises(ValueError, match=r"was trained on 2 record\(s\) that the policy .*dpo"):
         runner.run_eval(load_config(EvalConfig, None, args), scorer=WordScorer())
+    assert cli_main(["eval", *args]) == 2  # `onbrand eval`: a one-line error and a non-zero exit
+    assert "was trained on 2 record(s)" in capsys.readouterr().err
     assert not FakeEngine.starts  # refused before generating
     rep = runner.run_eval(
         load_config(EvalConfig, None, args + ["allow_judge_overlap=true"]), scorer=WordScorer()
