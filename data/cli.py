@@ -37,7 +37,7 @@ def _cfg(args):
 
 
 def _files(args, cfg) -> list[str]:
-    return list(args.files) or [*cfg.test_inputs, *cfg.dev_inputs, *cfg.judge_inputs, *cfg.inputs]
+    return list(args.files) or cfg.all_inputs
 
 
 def _brand_id(args, cfg) -> str | None:

@@ -66,6 +66,11 @@ class DataConfig:
         return {"test": self.test_inputs, "dev": self.dev_inputs, "judge": self.judge_inputs}
 
     @property
+    def all_inputs(self) -> list[str]:
+        """Every file the snapshot reads: the fixed split files (priority order), then the pool."""
+        return [p for files in self.fixed_inputs.values() for p in files] + list(self.inputs)
+
+    @property
     def pool_splits(self) -> list[str]:
         """Splits the pool (``inputs``) fills by fraction: those without a fixed file."""
         return [s for s, files in self.fixed_inputs.items() if not files]

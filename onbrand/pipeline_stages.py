@@ -149,7 +149,7 @@ def _files_data(stage_cfg) -> list[str]:
 
     if stage_cfg is None:
         return []
-    return [str(resolve_input(p)) for p in [*stage_cfg.inputs, *stage_cfg.test_inputs]]
+    return [str(resolve_input(p)) for p in stage_cfg.all_inputs]
 
 
 def _fp_data(cfg, ctx) -> str:

@@ -137,6 +137,23 @@ def test_failed_gate_makes_the_run_exit_1(toy_stages, monkeypatch, capsys, repo_
     assert "PASS  win_rate_ci_low" in out.out
 
 
+def test_data_stage_hashes_every_split_file(repo_root, monkeypatch):
+    """A changed dev or judge file must re-run the data stage, like a changed train or test file."""
+    from onbrand.config import load_config
+    from onbrand.data.config import DataConfig
+
+    monkeypatch.chdir(repo_root)
+    cfg = load_config(DataConfig, "configs/data/demo.yaml")
+    files = {Path(p).name for p in pipeline_stages.STAGES["data"].input_files(cfg)}
+    assert {
+        "dev.canonical.jsonl",
+        "judge.canonical.jsonl",
+        "test.canonical.jsonl",
+        "social_email.csv",
+    } <= files
+    assert len(files) == len(cfg.inputs) + 3
+
+
 def test_sample_prompt_comes_from_the_brands_own_data(repo_root, monkeypatch):
     from onbrand.config import load_config
     from onbrand.pipeline_stages import _brand_sample_prompt
