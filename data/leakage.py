@@ -19,7 +19,7 @@ from collections import defaultdict
 from typing import Any
 
 from onbrand.data.records import prompt_key
-from onbrand.data.similarity import cross_group_pairs, jaccard, set_pairs, shingles, words
+from onbrand.data.similarity import cross_group_pairs, jaccard, messages_text, set_pairs, shingles, words
 from onbrand.data.validate import Quarantined
 
 SPLITS = ("train", "dev", "test", "judge")
@@ -36,7 +36,7 @@ def prompt_text(r: dict[str, Any]) -> str:
 
 
 def chosen_text(r: dict[str, Any]) -> str:
-    return "\n".join(m["content"] for m in r["chosen"])
+    return messages_text(r["chosen"])
 
 
 class Shingled:
@@ -121,17 +121,20 @@ def drop_fixed_leaks(
     )
 
 
-def drop_adversarial(
-    records: list[dict[str, Any]], card, threshold: float, sh: Shingled
-) -> tuple[list[dict[str, Any]], list[Quarantined]]:
-    """Quarantine records whose prompt near-duplicates (or contains) one of the card's adversarial
-    prompts (``onbrand.data.adversarial``): those prompts test the model and never enter training."""
-    from onbrand.data.adversarial import adversarial_prompts
+def adversarial_index(prompts: list[dict[str, Any]]) -> list[tuple[dict[str, Any], set[str], str]]:
+    """``(prompt, its shingles, its normalized words padded with spaces)`` per adversarial prompt
+    (``onbrand.data.adversarial.adversarial_prompts``), built once per snapshot."""
+    return [(a, shingles(a["prompt"]), " " + " ".join(words(a["prompt"])) + " ") for a in prompts]
 
-    advs = [
-        (a, shingles(a["prompt"]), " " + " ".join(words(a["prompt"])) + " ")
-        for a in adversarial_prompts(card)
-    ]
+
+def drop_adversarial(
+    records: list[dict[str, Any]],
+    advs: list[tuple[dict[str, Any], set[str], str]],
+    threshold: float,
+    sh: Shingled,
+) -> tuple[list[dict[str, Any]], list[Quarantined]]:
+    """Quarantine records whose prompt near-duplicates (or contains) one of the adversarial prompts
+    (``advs`` from :func:`adversarial_index`): those prompts test the model and never enter training."""
     kept, problems = [], []
     for r in records:
         mine = sh.get("prompt", r)

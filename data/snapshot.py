@@ -35,6 +35,7 @@ from onbrand.data.leakage import (
     FIXED_SPLITS,
     SPLITS,
     Shingled,
+    adversarial_index,
     drop_adversarial,
     drop_fixed_leaks,
     leakage,
@@ -125,8 +126,8 @@ def split_records(
     return out
 
 
-def _drop_adversarial(records, card, threshold, sh, problems: list[Quarantined]) -> list[dict[str, Any]]:
-    kept, dropped = drop_adversarial(records, card, threshold, sh)
+def _drop_adversarial(records, advs, threshold, sh, problems: list[Quarantined]) -> list[dict[str, Any]]:
+    kept, dropped = drop_adversarial(records, advs, threshold, sh)
     problems += dropped
     return kept
 
@@ -189,7 +190,7 @@ def collect(cfg: DataConfig) -> dict[str, Any]:
     stats = ImportStats()
     problems: list[Quarantined] = []
     fixed, pool = _import(cfg, card.id if card else None, stats, problems)
-    all_inputs = [*cfg.test_inputs, *cfg.dev_inputs, *cfg.judge_inputs, *cfg.inputs]
+    all_inputs = cfg.all_inputs
     names = {str(resolve_input(p)): p for p in all_inputs}
     for q in problems:
         q.file = names.get(q.file, q.file)
@@ -201,18 +202,22 @@ def collect(cfg: DataConfig) -> dict[str, Any]:
         fixed = {s: [r for r in recs if r["id"] in keep_ids] for s, recs in fixed.items()}
         pool = [r for r in pool if r["id"] in keep_ids]
     sh = Shingled()
-    adversarial = cfg.adversarial_check and card is not None
-    if adversarial:  # before the leak check: a dropped dev/judge record cannot cost a pool record
+    advs = []
+    if cfg.adversarial_check and card is not None:
+        from onbrand.data.adversarial import adversarial_prompts
+
+        advs = adversarial_index(adversarial_prompts(card))
+    if advs:  # before the leak check: a dropped dev/judge record cannot cost a pool record
         for s in ("dev", "judge"):
-            fixed[s] = _drop_adversarial(fixed[s], card, cfg.near_dup_threshold, sh, problems)
+            fixed[s] = _drop_adversarial(fixed[s], advs, cfg.near_dup_threshold, sh, problems)
     fixed, pool, leak_problems = drop_fixed_leaks(fixed, pool, cfg.near_dup_threshold, sh)
     problems += leak_problems
     fractions = {s: getattr(cfg, f"{s}_fraction") for s in cfg.pool_splits}
     parts = split_records(pool, fractions, cfg.seed, cfg.near_dup_threshold, sh)
-    if adversarial:  # the pool's records outside test
+    if advs:  # the pool's records outside test
         for s in ("train", "dev", "judge"):
             if s in parts:
-                parts[s] = _drop_adversarial(parts[s], card, cfg.near_dup_threshold, sh, problems)
+                parts[s] = _drop_adversarial(parts[s], advs, cfg.near_dup_threshold, sh, problems)
     splits = {s: sorted(fixed.get(s, []) + parts.get(s, []), key=lambda r: r["id"]) for s in SPLITS}
     return {
         "card": card,

