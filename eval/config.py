@@ -5,6 +5,7 @@ Every default lives here; ``configs/eval/*.yaml`` and ``key=value`` overrides ch
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -22,7 +23,7 @@ class MetricsConfig:
     implicit: bool = True  # DPO implicit reward on held-out pairs; needs a snapshot
     kl: bool = True  # KL(aligned || base) estimate on aligned samples
     perplexity: bool = True  # capability: perplexity on the shipped general-text set
-    judge: bool = False  # pairwise LLM judge with position swap (slow and weak on CPU)
+    judge: bool = False  # pairwise LLM judge with position swap (`judge:` below says which judge)
 
 
 @dataclass
@@ -39,6 +40,56 @@ class AdversarialConfig:
 
     def __post_init__(self) -> None:
         check_range("adversarial.per_rule", self.per_rule, 0, 50)
+
+
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+@dataclass
+class JudgeConfig:
+    """The pairwise LLM judge (``metrics.judge: true``): MT-Bench-style, both answer orders per
+    prompt, a rubric rendered from the brand card, a strict answer format, unparseable answers
+    counted (``onbrand.eval.judge``).
+
+    Backend: ``endpoint`` set = any OpenAI-compatible chat endpoint (``vllm serve``, a hosted API)
+    through the ``openai`` client; unset = ``model`` run locally through the eval's engine.
+    """
+
+    endpoint: str | None = None  # base URL of an OpenAI-compatible API, e.g. http://127.0.0.1:8000/v1
+    model: str | None = None  # endpoint: served model name (default: its only model); local: model path
+    # NAME of the environment variable holding the API key (never the key: configs are committed).
+    api_key_env: str | None = None
+    output: Literal["json", "token"] = "json"  # {"winner": "A"|"B"|"tie", "reason": ...} or one token
+    # Guided decoding (JSON schema / choice) where the backend supports it: auto = try, and fall
+    # back to plain decoding when the endpoint refuses the request (400); on = required.
+    structured: Literal["auto", "on", "off"] = "auto"
+    max_tokens: int = 256  # per verdict (json mode needs room for the reason)
+    temperature: float = 0.0
+    concurrency: int = 8  # requests in flight at once (endpoint)
+    timeout_s: float = 60.0  # per request
+    max_retries: int = 3  # on timeouts, connection errors, 429 and 5xx, with exponential backoff
+    backoff_s: float = 1.0  # first retry delay; doubles each retry (plus jitter)
+    cache: bool = True  # reuse verdicts keyed by (judge model, prompt, answers, rubric version)
+    cache_path: str | None = None  # SQLite file; default $ONBRAND_CACHE/judge/cache.sqlite
+    # The judge may not be the policy's own base model (or the aligned model): true allows it and
+    # flags the report "self-judged".
+    allow_self: bool = False
+
+    def __post_init__(self) -> None:
+        if self.endpoint is not None and not self.endpoint.startswith(("http://", "https://")):
+            raise ValueError(f"judge.endpoint must be an http(s) URL, got {self.endpoint!r}")
+        if self.api_key_env is not None and not _ENV_NAME.match(self.api_key_env):
+            # The value is not echoed: it may be a key pasted by mistake.
+            raise ValueError(
+                "judge.api_key_env must be the NAME of an environment variable (letters, digits, _), "
+                "e.g. OPENAI_API_KEY; the key itself never goes in a config file"
+            )
+        check_range("judge.max_tokens", self.max_tokens, 1, 32768)
+        check_range("judge.temperature", self.temperature, 0.0, 2.0)
+        check_range("judge.concurrency", self.concurrency, 1, 1024)
+        check_range("judge.timeout_s", self.timeout_s, 0.0, 3600.0, lo_open=True)
+        check_range("judge.max_retries", self.max_retries, 0, 20)
+        check_range("judge.backoff_s", self.backoff_s, 0.0, 600.0)
 
 
 @dataclass
@@ -71,9 +122,9 @@ class EvalConfig:
     batch_size: int = 16  # HF engine and log-prob scoring batch size
     kv_cache_gib: float = 1.0  # vLLM KV cache (VLLM_CPU_KVCACHE_SPACE wins when set)
     max_model_len: int = 2048
-    judge_model: str | None = None  # judge for metrics.judge (default: the base model)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     adversarial: AdversarialConfig = field(default_factory=AdversarialConfig)
+    judge: JudgeConfig = field(default_factory=JudgeConfig)
     # The reward model (judge) must not have been trained on any record the policy (aligned run and
     # its parent runs) was trained on; true reports anyway, flagged "judge saw training data".
     allow_judge_overlap: bool = False

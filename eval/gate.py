@@ -10,10 +10,13 @@ pass because a metric was not computed) unless ``allow_missing: true``.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from onbrand.config import check_range
+
+# The automatic judges a human round compares with people (keys of report.metrics.human.judges).
+HUMAN_JUDGES = ("reward_model", "llm_judge", "brand_rules")
 
 
 @dataclass
@@ -41,6 +44,12 @@ class GateConfig:
     max_length_ratio: float | None = None
     max_kl_per_token: float | None = None
     min_implicit_accuracy: float | None = None
+    # People (after `onbrand eval human`): the blind A/B round's win-rate CI lower bound must be
+    # above this, and each judge in `human_kappa_judges` must agree with the human majority with a
+    # Cohen's kappa of at least `min_judge_human_kappa`. Off by default: the demo has no people.
+    min_human_win_rate_low: float | None = None
+    min_judge_human_kappa: float | None = None
+    human_kappa_judges: list[str] = field(default_factory=lambda: ["reward_model"])
     allow_missing: bool = False
 
     def __post_init__(self) -> None:
@@ -57,6 +66,15 @@ class GateConfig:
             if getattr(self, name) is not None:
                 check_range(name, getattr(self, name), 0.0, None)
         check_range("compliance_tolerance", self.compliance_tolerance, 0, None)
+        if self.min_human_win_rate_low is not None:
+            check_range("min_human_win_rate_low", self.min_human_win_rate_low, 0.0, 1.0)
+        if self.min_judge_human_kappa is not None:
+            check_range("min_judge_human_kappa", self.min_judge_human_kappa, -1.0, 1.0)
+        bad = [j for j in self.human_kappa_judges if j not in HUMAN_JUDGES]
+        if bad or not self.human_kappa_judges:
+            raise ValueError(
+                f"human_kappa_judges must be a non-empty list of {', '.join(HUMAN_JUDGES)}, got {bad or '[]'}"
+            )
 
 
 @dataclass
@@ -91,6 +109,13 @@ def _worse_rules(report: dict[str, Any], tolerance: int) -> list[str] | None:
     ]
 
 
+def _human_kappa(report: dict[str, Any], gate: GateConfig) -> float | None:
+    """The lowest kappa with the human majority among the gate's judges (None if one is missing)."""
+    judges = _get(report, "human", "judges") or {}
+    kappas = [(judges.get(j) or {}).get("kappa") for j in gate.human_kappa_judges]
+    return None if any(k is None for k in kappas) else min(k["value"] for k in kappas)
+
+
 def _judge_overlap(report: dict[str, Any]) -> int | None:
     ji = report.get("judge_independence") or {}
     return int(ji["overlap"]) if ji.get("checked") else None
@@ -123,6 +148,10 @@ CHECKS: tuple[Spec, ...] = (
      lambda v, t: v <= t, "KL per token must be <= {t}"),
     ("implicit_accuracy", lambda r, g: _get(r, "implicit", "accuracy", "value"), "min_implicit_accuracy",
      lambda v, t: v >= t, "implicit reward accuracy must be >= {t}"),
+    ("human_win_rate_ci_low", lambda r, g: _get(r, "human", "win_rate", "low"), "min_human_win_rate_low",
+     lambda v, t: v > t, "blind human A/B win-rate CI lower bound must be > {t}"),
+    ("judge_human_kappa", _human_kappa, "min_judge_human_kappa",
+     lambda v, t: v >= t, "Cohen's kappa of each gated judge with the human majority must be >= {t}"),
 )  # fmt: skip
 
 

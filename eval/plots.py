@@ -23,8 +23,10 @@ def plot_win_rates(metrics: dict[str, Any], path: Path) -> bool:
     wr = metrics.get("win_rate")
     if wr:
         rows += [("reward win rate", wr["win_rate"]), ("length-controlled", wr["lc_win_rate"])]
-    if metrics.get("judge"):
+    if metrics.get("judge") and metrics["judge"].get("win_rate"):
         rows.append(("LLM judge (swap)", metrics["judge"]["win_rate"]))
+    if metrics.get("human") and metrics["human"].get("win_rate"):
+        rows.insert(0, ("people (blind A/B)", metrics["human"]["win_rate"]))
     if metrics.get("implicit"):
         rows.append(("implicit reward acc.", metrics["implicit"]["accuracy"]))
     if not rows:
@@ -47,6 +49,35 @@ def plot_win_rates(metrics: dict[str, Any], path: Path) -> bool:
     ax.axvline(1.0, color="0.8", lw=0.8)
     ax.set_xlabel("aligned beats base (0.5 = no difference); bars: 95% bootstrap CI")
     ax.set_title("Aligned vs base: pairwise rates")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
+def plot_human_agreement(metrics: dict[str, Any], path: Path) -> bool:
+    """Cohen's kappa (bars, 95% CI) of each automatic judge with the human majority."""
+    from onbrand.eval.report_sections import JUDGE_NAMES
+
+    judges = {k: v for k, v in (metrics.get("human") or {}).get("judges", {}).items() if v.get("kappa")}
+    if not judges:
+        return False
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(9, 0.7 * len(judges) + 1.6))
+    names = [JUDGE_NAMES.get(k, k) for k in judges][::-1]
+    vals = [v["kappa"] for v in judges.values()][::-1]
+    err = [[v["value"] - v["low"] for v in vals], [v["high"] - v["value"] for v in vals]]
+    ax.barh(range(len(vals)), [v["value"] for v in vals], xerr=err, color=ALIGNED_C, capsize=5)
+    for i, (v, ag) in enumerate(zip(vals, list(judges.values())[::-1])):
+        ax.text(
+            1.05, i, f"κ {v['value']:.2f}, accuracy {ag['accuracy']['value']:.2f}, n {ag['n']}", va="center"
+        )
+    ax.axvline(0.0, color="k", ls="--", lw=1)
+    ax.set_yticks(range(len(vals)), names)
+    ax.set_xlim(-1, 2.1)
+    ax.set_xticks([-1, -0.5, 0, 0.5, 1.0])
+    ax.set_xlabel("Cohen's kappa with the human majority (0 = chance, 1 = perfect); whiskers: 95% CI")
+    ax.set_title("Does each automatic judge agree with people?")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

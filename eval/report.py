@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from onbrand.eval.lineage import JUDGE_SAW_TRAINING
+from onbrand.eval.report_sections import human_md, judge_md
 from onbrand.runs import atomic_dir, atomic_write_json, atomic_write_text, environment_record
 
 
@@ -41,6 +42,9 @@ def _drift_rows(d: dict[str, Any], add) -> None:
         f"{d['aligned']['distinct_2'] - d['base']['distinct_2']:+.3f}", "info", "diversity down = drift")  # fmt: skip
 
 
+HUMAN_ROW = "Human win rate (blind A/B)"
+
+
 def verdict_rows(m: dict[str, Any], judge: dict[str, Any] | None = None) -> list[dict[str, str]]:
     rows: list[dict[str, str]] = []
     tainted = f" — ⚠ {JUDGE_SAW_TRAINING}" if judge and judge.get("overlap") else ""
@@ -63,10 +67,18 @@ def verdict_rows(m: dict[str, Any], judge: dict[str, Any] | None = None) -> list
         add("Adversarial prompts: violation rate (lower = better)", _ci(o["base"]), _ci(o["aligned"]), _ci(o["diff"]),
             _side(o["diff"], 0, lower_is_better=True), f"{m['adversarial']['n_prompts']} prompts tempting the card's rules"
             + (f"; worse on: {', '.join(m['adversarial']['worse_rules'])}" if m["adversarial"]["worse_rules"] else ""))  # fmt: skip
+    if "human" in m and m["human"].get("win_rate"):
+        h = m["human"]
+        v = h["votes"]
+        add(HUMAN_ROW, "—", _ci(h["win_rate"]), f"votes A/T/B {v['aligned']}/{v['tie']}/{v['base']}, both bad {v['both_bad']}",
+            _side(h["win_rate"], 0.5), f"{h['n_items']} items, {len(h['annotators'])} annotators, blind, sides randomised")  # fmt: skip
     if "judge" in m:
         j = m["judge"]
-        add("LLM judge win rate (swapped)", "—", _ci(j["win_rate"]), f"consistency {j['consistency']:.2f}",
-            _side(j["win_rate"], 0.5))  # fmt: skip
+        self_note = " — ⚠ self-judged" if j.get("self_judged") else ""
+        consistency = "—" if j["consistency"] is None else f"{j['consistency']:.2f}"
+        add("LLM judge win rate (position-swapped)", "—", _ci(j["win_rate"]), f"consistency {consistency}",
+            _side(j["win_rate"], 0.5) if j["win_rate"] else "inconclusive",
+            f"{j['n_valid']}/{j['n_items']} valid, judge `{j['judge'].get('model')}`{self_note}")  # fmt: skip
     if "compliance" in m:
         c = m["compliance"]
         worse = c["worse_rules"]
@@ -118,6 +130,7 @@ def headline(m: dict[str, Any], rows: list[dict[str, str]]) -> tuple[bool | None
         (
             k
             for k in (
+                HUMAN_ROW,  # people have the last word when a human round was run
                 "Length-controlled win rate",
                 "Reward-model win rate",
                 "Brand compliance (all rules pass)",
@@ -194,7 +207,7 @@ def power_md(pw: dict[str, Any]) -> str:
     out = [f"Power: with {pw['n_prompts']} test prompts the smallest win-rate difference from 0.5 this eval "
            f"detects (two-sided 95%, 80% power, normal approximation) is ±{mdd:.3f} ({reach})."]  # fmt: skip
     names = {"win_rate": "reward-model win rate", "lc_win_rate": "length-controlled win rate",
-             "judge_win_rate": "LLM judge win rate"}  # fmt: skip
+             "judge_win_rate": "LLM judge win rate", "human_win_rate": "human win rate"}  # fmt: skip
     for key, r in pw["rates"].items():
         if not r["inconclusive"]:
             continue
@@ -206,20 +219,31 @@ def power_md(pw: dict[str, Any]) -> str:
     return " ".join(out)
 
 
-def build_report(
-    cfg, aligned, ps, chats, base_gen, al_gen, metrics, warnings, engine_kind, cfg_dict, judge=None
-) -> dict[str, Any]:
+def verdict(
+    metrics: dict[str, Any], judge: dict[str, Any] | None
+) -> tuple[list[dict], bool | None, str, str]:
+    """(rows, aligned better?, verdict line, verdict Markdown) from the metrics."""
     rows = verdict_rows(metrics, judge)
     better, line = headline(metrics, rows)
     if judge and judge.get("overlap") and "win_rate" in metrics:
         line += (
             f" ⚠ The win rate is not independent: {JUDGE_SAW_TRAINING} ({judge['overlap']} shared records)."
         )
-    md = f"{line}\n\n{_md_table(rows)}"
-    # Under the table (after the gate in report.md): how much the test size can show, and the decoding.
-    notes = ([power_md(metrics["power"])] if "power" in metrics else []) + [
+    return rows, better, line, f"{line}\n\n{_md_table(rows)}"
+
+
+def verdict_notes(metrics: dict[str, Any], cfg_dict: dict[str, Any]) -> list[str]:
+    """Under the table (after the gate in report.md): how much the test size can show, and the decoding."""
+    return ([power_md(metrics["power"])] if "power" in metrics else []) + [
         _sampling_line(cfg_dict["sampling"])
     ]
+
+
+def build_report(
+    cfg, aligned, ps, chats, base_gen, al_gen, metrics, warnings, engine_kind, cfg_dict, judge=None
+) -> dict[str, Any]:
+    rows, better, line, md = verdict(metrics, judge)
+    notes = verdict_notes(metrics, cfg_dict)
     return {
         "judge_independence": judge,
         "verdict": line.replace("**", ""),  # one plain line, e.g. for the pipeline's final table
@@ -257,16 +281,15 @@ def _cell(text: str, limit: int = 400) -> str:
     return html.escape(text).replace("|", "&#124;").replace("\n", "<br>")
 
 
-def _samples_md(ps, chats, base_gen, al_gen, metrics, k: int) -> str:
-    rw = metrics.get("rewards")
+def _samples_md(rows: list[dict[str, Any]], k: int) -> str:
+    """The first ``k`` rows of ``samples.jsonl`` side by side (rewards under the answers when scored)."""
     lines = ["| # | Prompt | Base | Aligned |", "|---|---|---|---|"]
-    for i in range(min(k, len(chats))):
-        user = chats[i][-1]["content"]
-        b, a = _cell(base_gen[i].text), _cell(al_gen[i].text)
-        if rw:
-            b += f"<br>*reward {rw['base'][i]:.2f}*"
-            a += f"<br>*reward {rw['aligned'][i]:.2f}*"
-        lines.append(f"| {i + 1} | {_cell(user, 200)} | {b} | {a} |")
+    for i, row in enumerate(rows[:k]):
+        b, a = _cell(row["base"][0]), _cell(row["aligned"][0])
+        if "base_reward" in row:
+            b += f"<br>*reward {row['base_reward']:.2f}*"
+            a += f"<br>*reward {row['aligned_reward']:.2f}*"
+        lines.append(f"| {i + 1} | {_cell(row['prompt'][-1]['content'], 200)} | {b} | {a} |")
     return "\n".join(lines)
 
 
@@ -334,6 +357,10 @@ def render_markdown(report: dict[str, Any], plots: list[str], samples_md: str) -
             )
     if "adversarial" in m:
         out += adversarial_md(m["adversarial"])
+    if "judge" in m:
+        out += judge_md(m["judge"])
+    if "human" in m:
+        out += human_md(m["human"])
     out += [
         "",
         "## Side-by-side samples",
@@ -368,16 +395,43 @@ def write_report(out: Path, report, ps, chats, base_gen, al_gen, k: int, adversa
         if adversarial_rows:
             adv = [json.dumps(r, ensure_ascii=False) for r in adversarial_rows]
             atomic_write_text(tmp / "adversarial.jsonl", "\n".join(adv) + "\n")
-        rows = []
-        for i, c in enumerate(chats):
-            row = {"id": ps.ids[i], "channel": ps.channels[i], "prompt": c, "base": base_gen[i].texts,
-                   "aligned": al_gen[i].texts, "base_tokens": lengths["base"][i], "aligned_tokens": lengths["aligned"][i]}  # fmt: skip
-            if "rewards" in m:
-                row.update(base_reward=m["rewards"]["base"][i], aligned_reward=m["rewards"]["aligned"][i])
-            rows.append(json.dumps(row, ensure_ascii=False))
-        atomic_write_text(tmp / "samples.jsonl", "\n".join(rows) + "\n")
+        rows = sample_rows(ps, chats, base_gen, al_gen, m, lengths)
+        atomic_write_text(
+            tmp / "samples.jsonl", "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
+        )
         report["plots"] = plots
         atomic_write_json(tmp / "report.json", report)
-        atomic_write_text(
-            tmp / "report.md", render_markdown(report, plots, _samples_md(ps, chats, base_gen, al_gen, m, k))
-        )
+        atomic_write_text(tmp / "report.md", render_markdown(report, plots, _samples_md(rows, k)))
+
+
+def sample_rows(ps, chats, base_gen, al_gen, m: dict[str, Any], lengths: dict[str, list[int]]) -> list[dict]:
+    """One ``samples.jsonl`` row per prompt: prompt, both answers, lengths, and each judge's view."""
+    rows = []
+    for i, c in enumerate(chats):
+        row = {"id": ps.ids[i], "channel": ps.channels[i], "prompt": c, "base": base_gen[i].texts,
+               "aligned": al_gen[i].texts, "base_tokens": lengths["base"][i], "aligned_tokens": lengths["aligned"][i]}  # fmt: skip
+        if "rewards" in m:
+            row.update(base_reward=m["rewards"]["base"][i], aligned_reward=m["rewards"]["aligned"][i])
+        if "judge" in m:
+            row["judge"] = m["judge"]["labels"][i]
+        rows.append(row)
+    return rows
+
+
+def read_samples(out: Path) -> list[dict[str, Any]]:
+    path = Path(out) / "samples.jsonl"
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def rerender(out: Path, report: dict[str, Any]) -> None:
+    """Rewrite ``report.json`` and ``report.md`` of an existing report dir (after a human round):
+    the verdict is recomputed from the metrics, the samples come from ``samples.jsonl``."""
+    out = Path(out)
+    rows, better, line, md = verdict(report["metrics"], report.get("judge_independence"))
+    report.update(verdict=line.replace("**", ""), aligned_better=better, summary=summary(rows), verdict_rows=rows,
+                  verdict_markdown=md, verdict_notes=verdict_notes(report["metrics"], report["config"]))  # fmt: skip
+    k = int(report.get("config", {}).get("samples_in_report", 6))
+    atomic_write_json(out / "report.json", report)
+    atomic_write_text(
+        out / "report.md", render_markdown(report, report.get("plots", []), _samples_md(read_samples(out), k))
+    )

@@ -104,7 +104,9 @@ def _channels(card, channels: list[str | None], warnings: list[str]) -> list[str
     return [c if c in known else None for c in channels]
 
 
-def score_all(cfg, aligned, ps: PromptSet, chats, base_gen, al_gen, card, scorer, embedder, warnings) -> dict:
+def score_all(
+    cfg, aligned, ps: PromptSet, chats, base_gen, al_gen, card, scorer, embedder, warnings, judge=None
+) -> dict:
     """Every metric family; a family whose input is missing is recorded under ``skipped``."""
     from onbrand.eval.metrics import compliance, drift, winrate
 
@@ -134,18 +136,20 @@ def score_all(cfg, aligned, ps: PromptSet, chats, base_gen, al_gen, card, scorer
         _voice(cfg, card, al_txt, base_txt, chans, embedder, m)
     if cfg.metrics.kl or cfg.metrics.implicit or cfg.metrics.perplexity:
         _logprob_metrics(cfg, aligned, ps, chats, al_gen, card, m)
-    if cfg.metrics.judge:
-        from onbrand.eval.metrics.judge import judge
-
-        engine = get_engine(cfg.engine, cfg.judge_model or aligned.base_model, None, kv_cache_gib=cfg.kv_cache_gib,
-                            max_model_len=cfg.max_model_len, batch_size=cfg.batch_size)  # fmt: skip
-        try:
-            brand_text = card.system_prompt() if card is not None else "(no brand card)"
-            m["judge"] = judge(engine, chats, al_txt, base_txt, brand_text, n_boot=nb, seed=seed)
-            m["judge"]["model"] = str(cfg.judge_model or aligned.base_model)
-        finally:
-            engine.close()
+    if judge is not None:
+        _judge(cfg, judge, card, chats, al_txt, base_txt, chans, m, warnings)
     return m
+
+
+def _judge(cfg, judge, card, chats, al_txt, base_txt, chans, m, warnings) -> None:
+    """The pairwise LLM judge (prepared before generation by ``onbrand.eval.judge.prepare``)."""
+    _log(f"LLM judge: {2 * len(chats)} verdicts from {judge.backend.describe().get('model')}")
+    j = judge.run(card, chats, al_txt, base_txt, chans, m.get("rewards"), cfg.bootstrap, cfg.ci, cfg.seed)
+    m["judge"] = j
+    m.setdefault("timings", {})["judge_s"] = j["cost"]["seconds"]
+    if j["invalid_rate"] > 0.2:
+        warnings.append(f"LLM judge: {j['invalid_answers']} of {2 * j['n_items']} answers were invalid "
+                        f"({j['invalid_kinds']}); its win rate covers {j['n_valid']} of {j['n_items']} prompts")  # fmt: skip
 
 
 def kl_note(sampling) -> str:
@@ -310,6 +314,11 @@ def run_eval(cfg: EvalConfig, scorer=None, embedder=None) -> dict[str, Any]:
     aligned = resolve_aligned(cfg.aligned, cfg.base_model, cfg.beta)
     warnings: list[str] = []
     judge_ind = _judge_check(cfg, aligned, warnings)  # before any generation: fail fast
+    llm_judge = None
+    if cfg.metrics.judge:  # also before generation: endpoint reachable, not the policy judging itself
+        from onbrand.eval.judge import prepare
+
+        llm_judge = prepare(cfg, aligned, warnings)
     ps = load_prompts(cfg.snapshot, cfg.prompts, cfg.split, cfg.max_prompts, cfg.max_pairs)
     card = None
     if cfg.brand:
@@ -338,7 +347,9 @@ def run_eval(cfg: EvalConfig, scorer=None, embedder=None) -> dict[str, Any]:
     _log(f"generated with {engine_kind} in {gen_s:.1f}s; scoring")
     if cfg.sampling.n > 1:
         ps, chats, base_gen, al_gen = flatten_samples(ps, chats, base_gen, al_gen)
-    metrics = score_all(cfg, aligned, ps, chats, base_gen, al_gen, card, scorer, embedder, warnings)
+    metrics = score_all(
+        cfg, aligned, ps, chats, base_gen, al_gen, card, scorer, embedder, warnings, llm_judge
+    )
     metrics["skipped"].update(skipped)
     if adv_items:
         metrics["adversarial"] = _score_adversarial(cfg, card, adv_items, adv_base, adv_al, warnings)

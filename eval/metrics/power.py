@@ -69,6 +69,9 @@ def power_analysis(
     if wr:
         out["rates"]["win_rate"] = _rate(wr["win_rate"], n_prompts, alpha, power)
         out["rates"]["lc_win_rate"] = _rate(wr["lc_win_rate"], n_prompts, alpha, power)
-    if metrics.get("judge"):
+    if metrics.get("judge") and metrics["judge"].get("win_rate"):
         out["rates"]["judge_win_rate"] = _rate(metrics["judge"]["win_rate"], n_prompts, alpha, power)
+    if metrics.get("human") and metrics["human"].get("win_rate"):
+        h = metrics["human"]
+        out["rates"]["human_win_rate"] = _rate(h["win_rate"], h["win_rate"]["n"], alpha, power)
     return out

@@ -172,22 +172,29 @@ def add_tasks(s: Session, project: Project, items: list[dict[str, Any]]) -> dict
     return {"added": added, "duplicates": dupes}
 
 
-def assign(s: Session, project: Project, overlap: float | None = None, seed: int | None = None) -> dict:
-    """Give every unassigned task to the least-loaded annotator; ``overlap`` of them to two.
+def assign(
+    s: Session, project: Project, overlap: float | None = None, seed: int | None = None, per_item: int = 2
+) -> dict:
+    """Give every unassigned task to the least-loaded annotator; ``overlap`` of them to ``per_item``
+    annotators (2 by default; all of a blind eval round's annotators, say, for a majority vote).
 
     The overlapping items are what agreement is computed on. The left/right order of each
     assignment is drawn here (seeded) and recorded, so position bias can be measured later.
     """
     overlap = project.overlap if overlap is None else overlap
     check_range("overlap", overlap, 0.0, 1.0)
+    check_range("per_item", per_item, 2, 1000)
     rng = random.Random(project.seed if seed is None else seed)
     annotators = list(
         s.scalars(select(Annotator).where(Annotator.project_id == project.id, Annotator.active))
     )
     if not annotators:
         raise ValueError(f"project {project.name!r} has no annotators: add some first")
-    if overlap > 0 and len(annotators) < 2:
-        raise ValueError(f"overlap {overlap} needs at least 2 annotators, project has {len(annotators)}")
+    if overlap > 0 and len(annotators) < per_item:
+        raise ValueError(
+            f"overlap {overlap} with {per_item} annotators per item needs at least {per_item} annotators, "
+            f"project has {len(annotators)}"
+        )
     assigned = set(s.scalars(select(Assignment.task_id).join(Task).where(Task.project_id == project.id)))
     todo = [t for t in s.scalars(select(Task.id).where(Task.project_id == project.id)) if t not in assigned]
     n_double = round(overlap * len(todo))
@@ -199,7 +206,7 @@ def assign(s: Session, project: Project, overlap: float | None = None, seed: int
     order = list(todo)
     rng.shuffle(order)
     for task_id in order:
-        k = 2 if task_id in double else 1
+        k = per_item if task_id in double else 1
         ranked = sorted(annotators, key=lambda a: (load[a.id], rng.random()))
         for ann in ranked[:k]:
             s.add(
@@ -207,7 +214,11 @@ def assign(s: Session, project: Project, overlap: float | None = None, seed: int
             )
             load[ann.id] += 1
     s.commit()
-    return {"tasks": len(todo), "overlapping": len(double), "assignments": len(todo) + len(double)}
+    return {
+        "tasks": len(todo),
+        "overlapping": len(double),
+        "assignments": len(todo) + (per_item - 1) * len(double),
+    }
 
 
 # ----------------------------------------------------------------------------- annotator side

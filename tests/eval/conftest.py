@@ -73,6 +73,21 @@ def eval_lora_dir(tmp_path_factory, eval_tiny_dir) -> Path:
     return _save_lora(eval_tiny_dir, tmp_path_factory.mktemp("eval-lora"))
 
 
+@pytest.fixture(scope="session")
+def tiny_run_dir(tmp_path_factory, eval_tiny_dir, eval_lora_dir) -> Path:
+    """A DPO-like training run dir on the tiny model: adapter/ + run.json + config.yaml (beta 0.25)."""
+    import json
+
+    import yaml
+
+    run = tmp_path_factory.mktemp("dpo-run")
+    shutil.copytree(eval_lora_dir, run / "adapter")
+    (run / "run.json").write_text(json.dumps({"kind": "dpo", "run_id": "dpo-test", "base_model": str(eval_tiny_dir),
+                                              "parent_run": None, "system_prompt": None}))  # fmt: skip
+    (run / "config.yaml").write_text(yaml.safe_dump({"dpo": {"beta": 0.25}}))
+    return run
+
+
 PROMPTS = [
     "Write one line about our new desk lamp.",
     "A customer says the delivery was late. Reply briefly.",

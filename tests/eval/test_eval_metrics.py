@@ -8,7 +8,6 @@ import torch
 
 from onbrand.eval.metrics.compliance import compliance
 from onbrand.eval.metrics.drift import distinct_n, drift, repetition_rate
-from onbrand.eval.metrics.judge import judge, parse_verdict
 from onbrand.eval.metrics.logprobs import implicit_reward, kl_estimate, perplexity, token_logprobs, windows
 from onbrand.eval.metrics.stats import bootstrap, mean_ci
 from onbrand.eval.metrics.winrate import fit_lc, outcomes, win_rates
@@ -149,33 +148,3 @@ def test_perplexity_known_value():
     w = windows(list(range(25)), 10)
     assert [len(x) for x in w] == [10, 10, 5]
     assert perplexity(half, w)["ppl"]["value"] == pytest.approx(2.0)
-
-
-class _FakeJudgeEngine:
-    """Says 'A' when the first answer is longer, else 'B'; or always 'A' (position bias)."""
-
-    def __init__(self, biased: bool):
-        self.biased = biased
-
-    def generate(self, requests, sampling):
-        class G:
-            def __init__(self, text):
-                self.text = text
-
-        outs = []
-        for r in requests:
-            body = r.messages[0]["content"]
-            a = body.split("[Answer A]\n")[1].split("\n\n[Answer B]")[0]
-            b = body.split("[Answer B]\n")[1].split("\n\nWhich")[0]
-            outs.append(G("A" if self.biased or len(a) > len(b) else "B"))
-        return outs
-
-
-def test_judge_position_swap():
-    prompts = [[{"role": "user", "content": f"q{i}"}] for i in range(4)]
-    aligned, base = ["long answer here"] * 4, ["short"] * 4
-    fair = judge(_FakeJudgeEngine(False), prompts, aligned, base, "brand", n_boot=50)
-    assert fair["win_rate"]["value"] == 1.0 and fair["consistency"] == 1.0
-    biased = judge(_FakeJudgeEngine(True), prompts, aligned, base, "brand", n_boot=50)
-    assert biased["win_rate"]["value"] == 0.5 and biased["consistency"] == 0.0
-    assert parse_verdict(" B.") == "B" and parse_verdict("neither") is None

@@ -7,7 +7,6 @@ import shutil
 
 import numpy as np
 import pytest
-import yaml
 
 from onbrand.config import ConfigError, load_config
 from onbrand.eval.config import EvalConfig
@@ -41,13 +40,8 @@ class HashEmbedder:
 
 
 @pytest.fixture(scope="module")
-def run_dir(tmp_path_factory, eval_tiny_dir, eval_lora_dir):
-    run = tmp_path_factory.mktemp("dpo-run")
-    shutil.copytree(eval_lora_dir, run / "adapter")
-    (run / "run.json").write_text(json.dumps({"kind": "dpo", "run_id": "dpo-test", "base_model": str(eval_tiny_dir),
-                                              "parent_run": None, "system_prompt": None}))  # fmt: skip
-    (run / "config.yaml").write_text(yaml.safe_dump({"dpo": {"beta": 0.25}}))
-    return run
+def run_dir(tiny_run_dir):
+    return tiny_run_dir
 
 
 @pytest.fixture(scope="module")

@@ -42,22 +42,69 @@ def vllm_base(tmp_path_factory, embedded_dir):
     return out
 
 
-def test_vllm_serves_merged_and_lora(vllm_base, kit, tmp_path):
+@pytest.fixture(scope="module")
+def verified(vllm_base, kit, tmp_path_factory):
+    """An export (merged + adapter) of a run on the tiny base, verified with vLLM offline."""
     from onbrand.export import export_run
     from onbrand.export_verify import verify_export
 
+    tmp = tmp_path_factory.mktemp("served-export")
     adapter = kit.save_random_lora(
         kit.load_base(vllm_base),
-        tmp_path / "a",
+        tmp / "a",
         seed=5,
         r=8,
         lora_alpha=16,
         target_modules=["q_proj", "v_proj"],
     )
-    run = kit.write_run(tmp_path / "runs" / "dpo", str(vllm_base), "dpo", adapter=adapter)
-    out = export_run(run, tmp_path / "exp", "both")
-    report = verify_export(out, vllm="on")
+    run = kit.write_run(tmp / "runs" / "dpo", str(vllm_base), "dpo", adapter=adapter)
+    out = export_run(run, tmp / "exp", "both")
+    return out, verify_export(out, vllm="on")
+
+
+def test_vllm_serves_merged_and_lora(verified):
+    _, report = verified
     assert report.ok, report.text()
     parts = {p["part"]: p["generations"] for p in report.vllm["parts"]}
     assert set(parts) == {"merged", "base+adapter"}
     assert all(g["token_ids"] for gens in parts.values() for g in gens)
+
+
+def test_vllm_serve_answers_like_the_offline_engine(verified, vllm_base):
+    """The export served the way serving teams run it: `vllm serve` + the `openai` client, merged and
+    base + LoRA (`--enable-lora --lora-modules`); greedy answers equal vLLM offline ones."""
+    import json
+
+    from openai import OpenAI
+
+    from onbrand.eval.engines.server import VLLMServer
+
+    out, report = verified
+    manifest = json.loads((out / "manifest.json").read_text())
+    offline = {p["part"]: [g["text"] for g in p["generations"]] for p in report.vllm["parts"]}
+    max_tokens = report.vllm["max_tokens"]
+    rank = json.loads((out / "adapter" / "adapter_config.json").read_text())["r"]
+    servers = {
+        "merged": (VLLMServer(out, served_name="aurora"), "aurora"),
+        "base+adapter": (
+            VLLMServer(vllm_base, lora_modules={"aurora": out / "adapter"}, max_lora_rank=rank),
+            "aurora",
+        ),
+    }
+    for part, (server, model) in servers.items():
+        with server:
+            client = OpenAI(base_url=server.url, api_key="EMPTY")
+            served = {m.id for m in client.models.list().data}
+            assert model in served, served
+            got = []
+            for messages in manifest["parity"]["prompts"]:
+                r = client.chat.completions.create(model=model, messages=messages, temperature=0, max_tokens=max_tokens,
+                                                   extra_body={"repetition_penalty": 1.0})  # fmt: skip
+                got.append(r.choices[0].message.content)
+            if part == "base+adapter":  # the same server without the adapter answers differently
+                plain = [client.chat.completions.create(model=str(vllm_base), messages=m, temperature=0,
+                                                        max_tokens=max_tokens).choices[0].message.content
+                         for m in manifest["parity"]["prompts"]]  # fmt: skip
+                assert plain != got, "the LoRA module changed no answer"
+        assert got == offline[part], part
+        assert any(got), f"{part}: empty answers"
