@@ -55,6 +55,7 @@ bench: setup
 	$(BIN)/python scripts/bench_train.py --steps 4
 	$(BIN)/python scripts/bench_generate.py
 	$(BIN)/python scripts/bench_import.py
+	$(BIN)/python scripts/bench_judge.py
 	$(BIN)/python scripts/bench_report.py
 
 # Regenerate the CPU pins from the current venv (after a deliberate upgrade).

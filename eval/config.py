@@ -8,6 +8,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from typing import Literal
+from urllib.parse import urlsplit
 
 from onbrand.config import check_range
 from onbrand.eval.engines.base import Sampling
@@ -76,8 +77,13 @@ class JudgeConfig:
     allow_self: bool = False
 
     def __post_init__(self) -> None:
-        if self.endpoint is not None and not self.endpoint.startswith(("http://", "https://")):
-            raise ValueError(f"judge.endpoint must be an http(s) URL, got {self.endpoint!r}")
+        if self.endpoint is not None:
+            parts = urlsplit(self.endpoint)
+            if parts.username or parts.password:  # not echoed: it holds a secret
+                raise ValueError("judge.endpoint must not carry credentials: put the key in the environment "
+                                 "variable named by judge.api_key_env")  # fmt: skip
+            if parts.scheme not in ("http", "https") or not parts.netloc:
+                raise ValueError(f"judge.endpoint must be an http(s) URL, got {self.endpoint!r}")
         if self.api_key_env is not None and not _ENV_NAME.match(self.api_key_env):
             # The value is not echoed: it may be a key pasted by mistake.
             raise ValueError(

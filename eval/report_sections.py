@@ -36,7 +36,8 @@ def judge_md(j: dict[str, Any]) -> list[str]:
         ("Agreement with the reward model", "—" if not ag or not ag["n"] else
          f"accuracy {_est(ag['accuracy'])}, Cohen's kappa {_est(ag['kappa'])} on {ag['n']} items"),
         ("Cost", f"{c['seconds']} s; {c['sent']} requests sent, {c['cache_hits']} from the cache, {c['attempts']} attempts; "
-                 f"{c['prompt_tokens']} prompt + {c['completion_tokens']} completion tokens"),
+                 f"{c['prompt_tokens']} prompt + {c['completion_tokens']} completion tokens"
+                 + (f"; latency p50 {c['latency_p50_s']} s, p95 {c['latency_p95_s']} s" if c.get("latency_p50_s") else "")),
     ]  # fmt: skip
     out = [
         "",

@@ -35,6 +35,27 @@ def pytest_collection_modifyitems(config, items):
                 item.add_marker(skip)
 
 
+# Under CI=true a test that needs a real vLLM (offline engine or `vllm serve`) must run: a skip
+# there (vLLM not importable, say) is turned into a failure instead of passing silently.
+def _ci_must_run(rep, vllm_test: bool) -> None:
+    if os.environ.get("CI") == "true" and rep.skipped and vllm_test:
+        rep.outcome = "failed"
+        rep.longrepr = f"skipped under CI=true, where vLLM tests must run: {rep.longrepr}"
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    _ci_must_run(outcome.get_result(), "vllm" in item.keywords)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_make_collect_report(collector):
+    outcome = yield
+    rep = outcome.get_result()
+    _ci_must_run(rep, "vllm" in str(rep.longrepr).lower() if rep.skipped else False)
+
+
 @pytest.fixture(scope="session")
 def repo_root() -> Path:
     return REPO

@@ -15,7 +15,7 @@ import asyncio
 import os
 import random
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from onbrand.eval.judge.rubric import REGEX, SCHEMA, VERDICTS
@@ -45,6 +45,7 @@ class Reply:
     completion_tokens: int = 0
     attempts: int = 0
     cached: bool = False
+    seconds: float = 0.0  # from the first attempt to the answer (retries and backoff included)
 
 
 @dataclass
@@ -55,7 +56,6 @@ class Usage:
     attempts: int = 0
     prompt_tokens: int = 0
     completion_tokens: int = 0
-    errors: dict[str, int] = field(default_factory=dict)
     structured_refused: bool = False
 
 
@@ -89,6 +89,7 @@ class EndpointBackend:
                 )
             self.api_key = key
         self.model = cfg.model
+        self.url = cfg.endpoint  # credentials in it are refused by JudgeConfig
         self.root: str | None = None
         self.guides = GUIDES[cfg.output] if cfg.structured != "off" else []
         self.level = 0  # index into guides: moves on when the endpoint refuses one (400)
@@ -117,19 +118,19 @@ class EndpointBackend:
             served = client.models.list().data
         except Exception as e:  # noqa: BLE001 - any failure here means the judge cannot run
             kind, _ = _error_kind(e)
-            raise JudgeSetupError(f"judge.endpoint {self.cfg.endpoint}: cannot list models ({kind}: "
+            raise JudgeSetupError(f"judge.endpoint {self.url}: cannot list models ({kind}: "
                                   f"{type(e).__name__})") from None  # fmt: skip
         finally:
             client.close()
         names = [m.id for m in served]
         if self.model is None:
             if len(names) != 1:
-                raise JudgeSetupError(f"judge.model is not set and {self.cfg.endpoint} serves {names or 'no models'}: "
+                raise JudgeSetupError(f"judge.model is not set and {self.url} serves {names or 'no models'}: "
                                       "name one")  # fmt: skip
             self.model = names[0]
         elif names and self.model not in names:
             raise JudgeSetupError(
-                f"judge.model {self.model!r} is not served by {self.cfg.endpoint}; it serves {names}"
+                f"judge.model {self.model!r} is not served by {self.url}; it serves {names}"
             )
         match = next((m for m in served if m.id == self.model), None)
         self.root = getattr(match, "root", None)  # vLLM reports the model's path here
@@ -140,17 +141,18 @@ class EndpointBackend:
         return {
             "model": self.model,
             "root": self.root,
-            **({} if self.root else {"endpoint": self.cfg.endpoint}),
+            **({} if self.root else {"endpoint": self.url}),
         }
 
     def describe(self) -> dict[str, Any]:
-        return {"backend": self.kind, "endpoint": self.cfg.endpoint, "model": self.model, "root": self.root}
+        return {"backend": self.kind, "endpoint": self.url, "model": self.model, "root": self.root}
 
     async def _one(self, client, sem: asyncio.Semaphore, messages, usage: Usage) -> Reply:
         import openai
 
         attempts, kind = 0, "bad_response"
         async with sem:
+            t0 = time.perf_counter()
             while attempts <= self.cfg.max_retries:
                 attempts += 1
                 level = self.level
@@ -163,7 +165,8 @@ class EndpointBackend:
                     text = resp.choices[0].message.content
                     u = resp.usage
                     return Reply(text if isinstance(text, str) else None, None if isinstance(text, str) else "bad_response",
-                                 getattr(u, "prompt_tokens", 0) or 0, getattr(u, "completion_tokens", 0) or 0, attempts)  # fmt: skip
+                                 getattr(u, "prompt_tokens", 0) or 0, getattr(u, "completion_tokens", 0) or 0, attempts,
+                                 seconds=time.perf_counter() - t0)  # fmt: skip
                 except openai.BadRequestError:
                     # This guided-decoding form is refused: try the next one (or plain decoding in
                     # "auto"), at once and without counting a retry.
@@ -182,7 +185,7 @@ class EndpointBackend:
                     await asyncio.sleep(
                         self.cfg.backoff_s * 2 ** (attempts - 1) * (1 + 0.25 * self.rng.random())
                     )
-        return Reply(None, kind, attempts=attempts)
+        return Reply(None, kind, attempts=attempts, seconds=time.perf_counter() - t0)
 
     async def _all(self, chats: list[list[dict]], usage: Usage) -> list[Reply]:
         sem = asyncio.Semaphore(self.cfg.concurrency)
@@ -249,9 +252,3 @@ def make_backend(cfg, engine_kind: str = "auto", engine_options: dict[str, Any] 
             "metrics.judge needs judge.endpoint (an OpenAI-compatible URL) or judge.model (a local model)"
         )
     return EngineBackend(cfg, engine_kind, engine_options or {})
-
-
-def timed(fn, *args) -> tuple[Any, float]:
-    t0 = time.perf_counter()
-    out = fn(*args)
-    return out, time.perf_counter() - t0

@@ -19,6 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from onbrand.eval.judge.backends import JudgeSetupError, Reply, Usage, make_backend
 from onbrand.eval.judge.cache import VerdictCache, default_path, verdict_key
 from onbrand.eval.judge.rubric import RUBRIC_VERSION, judge_messages, parse_verdict, render_rubric
@@ -71,11 +73,9 @@ class Judge:
                 "the LLM judge needs a brand card (brand: configs/brands/<id>.yaml) for its rubric"
             )
         rubric = render_rubric(card)
-        chats_out, owners = [], []
-        for i, (p, a, b, ch) in enumerate(zip(chats, aligned, base, channels)):
-            for order, (x, y) in enumerate(((a, b), (b, a))):
-                chats_out.append(judge_messages(rubric, card.name, p, x, y, ch, self.cfg.output))
-                owners.append((i, order))
+        # Per prompt: aligned shown as A, then as B.
+        chats_out = [judge_messages(rubric, card.name, p, x, y, ch, self.cfg.output)
+                     for p, a, b, ch in zip(chats, aligned, base, channels) for x, y in ((a, b), (b, a))]  # fmt: skip
         t0 = time.perf_counter()
         replies, usage, hits = self._ask(chats_out)
         seconds = time.perf_counter() - t0
@@ -93,7 +93,8 @@ class Judge:
             invalid_kinds={**dict(errors), **({"unparseable": unparsed} if unparsed else {})},
             cost={"seconds": round(seconds, 2), "requests": len(chats_out), "cache_hits": hits,
                   "sent": len(chats_out) - hits, "attempts": usage.attempts, "prompt_tokens": usage.prompt_tokens,
-                  "completion_tokens": usage.completion_tokens, "structured_refused": usage.structured_refused},
+                  "completion_tokens": usage.completion_tokens, "structured_refused": usage.structured_refused,
+                  **_latency([r.seconds for r in replies if not r.cached and r.seconds])},
             raw=[r.text[:500] if r.text else None for r in replies],
         )  # fmt: skip
         return out
@@ -127,6 +128,14 @@ class Judge:
             if cache:
                 cache.close()
         return replies, usage, len(chats) - len(todo)  # type: ignore[return-value]
+
+
+def _latency(seconds: list[float]) -> dict[str, float | None]:
+    """Median and 95th percentile of the per-request latency (seconds; requests sent this run)."""
+    if not seconds:
+        return {"latency_p50_s": None, "latency_p95_s": None}
+    q = np.quantile(np.asarray(seconds), [0.5, 0.95])
+    return {"latency_p50_s": round(float(q[0]), 3), "latency_p95_s": round(float(q[1]), 3)}
 
 
 def aggregate(verdicts: list[str | None], n_items: int, n_boot: int, ci: float, seed: int) -> dict[str, Any]:

@@ -127,7 +127,7 @@ def cmd_assign(args) -> int:
     from onbrand.annotate.service import assign
 
     with _sessions(args) as s:
-        print(json.dumps(assign(s, _project(s, args.project), args.overlap, args.seed)))
+        print(json.dumps(assign(s, _project(s, args.project), args.overlap, args.seed, args.per_item)))
     return 0
 
 
@@ -228,6 +228,7 @@ def _register_admin(asub) -> None:
     sp = asub.add_parser("assign", help="assign unassigned tasks (with overlap for agreement)")
     _common(sp)
     sp.add_argument("--overlap", type=float, default=None, help="default: the project's overlap")
+    sp.add_argument("--per-item", type=int, default=2, help="annotators per overlapping item (>= 2)")
     sp.add_argument("--seed", type=int, default=None)
     sp.set_defaults(func=cmd_assign)
 

@@ -172,6 +172,9 @@ def test_judge_config_never_echoes_a_key():
     assert "sk-live-123456" not in str(e.value) and "NAME of an environment variable" in str(e.value)
     with pytest.raises(ConfigError, match="judge.endpoint must be an http"):
         load_config(EvalConfig, None, ["judge.endpoint=localhost:8000"])
+    with pytest.raises(ConfigError, match="must not carry credentials") as e:
+        load_config(EvalConfig, None, ["judge.endpoint=https://me:hunter2secret@api.example/v1"])
+    assert "hunter2secret" not in str(e.value)
     with pytest.raises(JudgeSetupError, match="ONBRAND_TEST_UNSET_KEY is not set"):
         EndpointBackend(JudgeConfig(endpoint="http://127.0.0.1:9/v1", api_key_env="ONBRAND_TEST_UNSET_KEY"))
 
