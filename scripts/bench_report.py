@@ -16,7 +16,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "bench" / "results"
-ORDER = ("kernels", "train", "generate", "eval", "judge", "import", "annotate_load")
+ORDER = ("kernels", "train", "generate", "eval", "judge", "judge_demo", "import", "annotate_load")
 
 
 def machine() -> str:

@@ -90,3 +90,27 @@ def test_gate_exit_codes_via_cli(tmp_path, repo_root, capsys):
     assert eval_main(["--from-report", str(bad), "--gate", str(gates)]) == 1
     out = capsys.readouterr().out
     assert "GATE FAILED: win_rate_ci_low, compliance_no_worse" in out and "hype_words (1 -> 3)" in out
+
+
+def test_human_checks(shipped):
+    from dataclasses import replace
+
+    rep = report()
+    assert {"human_win_rate_ci_low", "judge_human_kappa"}.isdisjoint(c.name for c in check_gate(rep, shipped))
+    gate = replace(shipped, min_human_win_rate_low=0.5, min_judge_human_kappa=0.4,
+                   human_kappa_judges=["reward_model", "llm_judge"])  # fmt: skip
+    # No human round yet: both checks fail (a missing metric never passes a release).
+    assert {"human_win_rate_ci_low", "judge_human_kappa"} <= failed(rep, gate)
+    kappa = lambda v: {"kappa": {"value": v, "low": v - 0.2, "high": v + 0.2}}  # noqa: E731
+    rep["metrics"]["human"] = {"win_rate": {"value": 0.7, "low": 0.55, "high": 0.8},
+                               "judges": {"reward_model": kappa(0.6), "llm_judge": kappa(0.45)}}  # fmt: skip
+    assert failed(rep, gate) == set()
+    rep["metrics"]["human"]["judges"]["llm_judge"] = kappa(0.3)  # the lowest gated kappa decides
+    checks = {c.name: c for c in check_gate(rep, gate)}
+    assert not checks["judge_human_kappa"].passed and checks["judge_human_kappa"].value == 0.3
+    del rep["metrics"]["human"]["judges"]["llm_judge"]  # a gated judge not compared: fails
+    assert "judge_human_kappa" in failed(rep, gate)
+    rep["metrics"]["human"]["win_rate"]["low"] = 0.5
+    assert "human_win_rate_ci_low" in failed(rep, gate)
+    with pytest.raises(ValueError, match="human_kappa_judges must be"):
+        GateConfig(human_kappa_judges=["people"])
