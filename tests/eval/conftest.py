@@ -1,5 +1,5 @@
-"""Eval fixtures: a tiny Llama whose head size vLLM's CPU attention supports (64), a LoRA on it,
-and a fake brand card / reward scorer with known behaviour."""
+"""Eval fixtures: a LoRA on the shared vLLM-sized tiny Llama (``eval_tiny_dir``, tests/conftest.py),
+a training run dir around it, and chat prompts."""
 
 from __future__ import annotations
 
@@ -7,41 +7,6 @@ import shutil
 from pathlib import Path
 
 import pytest
-
-# The shared tiny Llama (tests/conftest.py) but with head size 64, which vLLM's CPU attention needs.
-EVAL_TINY = dict(
-    hidden_size=128,
-    intermediate_size=256,
-    num_hidden_layers=2,
-    num_attention_heads=2,
-    num_key_value_heads=1,
-    max_position_embeddings=1024,
-    rms_norm_eps=1e-5,
-    tie_word_embeddings=True,
-    bos_token_id=1,
-    eos_token_id=2,
-    pad_token_id=2,
-    vocab_size=49152,
-)
-
-
-def _save_tiny(out: Path, embedded_dir: Path, seed: int = 0, scale: float = 0.15) -> Path:
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(seed)
-    model = LlamaForCausalLM(LlamaConfig(**EVAL_TINY))
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.dim() > 1:
-                p.normal_(0.0, scale)  # large enough that greedy output depends on the prompt
-    model.generation_config.eos_token_id = 2
-    model.generation_config.pad_token_id = 2
-    model.save_pretrained(out, safe_serialization=True)
-    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja"):
-        if (embedded_dir / name).exists():
-            shutil.copy(embedded_dir / name, out / name)
-    return out
 
 
 def _save_lora(base_dir: Path, out: Path, seed: int = 1, r: int = 8, scale: float = 0.3) -> Path:
@@ -61,11 +26,6 @@ def _save_lora(base_dir: Path, out: Path, seed: int = 1, r: int = 8, scale: floa
                 p.normal_(0.0, scale)
     peft_model.save_pretrained(out)
     return out
-
-
-@pytest.fixture(scope="session")
-def eval_tiny_dir(tmp_path_factory, embedded_dir) -> Path:
-    return _save_tiny(tmp_path_factory.mktemp("eval-tiny"), embedded_dir)
 
 
 @pytest.fixture(scope="session")
