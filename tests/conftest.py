@@ -90,28 +90,27 @@ TINY_CONFIG = dict(
     pad_token_id=2,
     vocab_size=49152,
 )
+# The same with head size 64, which vLLM's CPU attention needs (vLLM engine, `vllm serve`, exports).
+VLLM_TINY_CONFIG = {**TINY_CONFIG, "hidden_size": 128, "intermediate_size": 256, "num_attention_heads": 2,
+                    "num_key_value_heads": 1}  # fmt: skip
 
 
-def make_tiny_model(seed: int = 0):
+def make_tiny_model(seed: int = 0, config: dict | None = None, scale: float = 0.08):
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(seed)
-    cfg = LlamaConfig(**TINY_CONFIG)
-    model = LlamaForCausalLM(cfg)
+    model = LlamaForCausalLM(LlamaConfig(**(config or TINY_CONFIG)))
     # Random but not tiny weights so logits are not all ~0 (never test on near-zeros).
     with torch.no_grad():
         for p in model.parameters():
             if p.dim() > 1:
-                p.normal_(0.0, 0.08)
+                p.normal_(0.0, scale)
     return model.eval()
 
 
-@pytest.fixture(scope="session")
-def tiny_model_dir(tmp_path_factory, embedded_dir) -> Path:
-    """A saved tiny random LlamaForCausalLM plus the embedded tokenizer and chat template."""
-    out = tmp_path_factory.mktemp("tiny-llama")
-    model = make_tiny_model()
+def save_tiny(model, out: Path, embedded_dir: Path) -> Path:
+    """``model`` saved as safetensors with the embedded tokenizer and chat template beside it."""
     model.generation_config.eos_token_id = 2
     model.generation_config.pad_token_id = 2
     model.save_pretrained(out, safe_serialization=True)
@@ -119,6 +118,12 @@ def tiny_model_dir(tmp_path_factory, embedded_dir) -> Path:
         if (embedded_dir / name).exists():
             shutil.copy(embedded_dir / name, out / name)
     return out
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory, embedded_dir) -> Path:
+    """A saved tiny random LlamaForCausalLM plus the embedded tokenizer and chat template."""
+    return save_tiny(make_tiny_model(), tmp_path_factory.mktemp("tiny-llama"), embedded_dir)
 
 
 @pytest.fixture
@@ -126,43 +131,8 @@ def tiny_model():
     return make_tiny_model()
 
 
-# The tiny Llama above but with head size 64, which vLLM's CPU attention needs, and weights large
-# enough that greedy output depends on the prompt (vLLM engine, `vllm serve`, export tests).
-EVAL_TINY = dict(
-    hidden_size=128,
-    intermediate_size=256,
-    num_hidden_layers=2,
-    num_attention_heads=2,
-    num_key_value_heads=1,
-    max_position_embeddings=1024,
-    rms_norm_eps=1e-5,
-    tie_word_embeddings=True,
-    bos_token_id=1,
-    eos_token_id=2,
-    pad_token_id=2,
-    vocab_size=49152,
-)
-
-
-def _save_tiny(out: Path, embedded_dir: Path, seed: int = 0, scale: float = 0.15) -> Path:
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(seed)
-    model = LlamaForCausalLM(LlamaConfig(**EVAL_TINY))
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.dim() > 1:
-                p.normal_(0.0, scale)  # large enough that greedy output depends on the prompt
-    model.generation_config.eos_token_id = 2
-    model.generation_config.pad_token_id = 2
-    model.save_pretrained(out, safe_serialization=True)
-    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja"):
-        if (embedded_dir / name).exists():
-            shutil.copy(embedded_dir / name, out / name)
-    return out
-
-
 @pytest.fixture(scope="session")
 def eval_tiny_dir(tmp_path_factory, embedded_dir) -> Path:
-    return _save_tiny(tmp_path_factory.mktemp("eval-tiny"), embedded_dir)
+    """The vLLM-sized tiny Llama, weights large enough (0.15) that greedy output depends on the prompt."""
+    model = make_tiny_model(config=VLLM_TINY_CONFIG, scale=0.15)
+    return save_tiny(model, tmp_path_factory.mktemp("eval-tiny"), embedded_dir)
