@@ -162,7 +162,10 @@ def collect(report_dir, db_url: str, project: str, brand: str | None = None, n_b
     d, report, rows = _load(report_dir)
     rid = report_id(d)
     with open_db(db_url)() as s:
-        proj = service.get_project(s, project)
+        try:
+            proj = service.get_project(s, project)
+        except LookupError as e:  # a user error: one line, no traceback
+            raise ValueError(str(e)) from None
         tasks, votes = _votes(s, proj, rid)
     all_votes = [lab for v in votes.values() for _, lab in v]
     scored = {t: [SCORE[lab] for _, lab in v if lab != "both_bad"] for t, v in votes.items()}

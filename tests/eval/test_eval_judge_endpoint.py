@@ -45,6 +45,7 @@ def _args(tiny_run_dir, prompts, out, repo_root, *extra):
 
 class Stub(BaseHTTPRequestHandler):
     seen: dict = {}
+    refuse_guides = False  # answer 400 to guided-decoding requests, as a server without them does
 
     def log_message(self, *a):  # keep the test output quiet
         pass
@@ -67,6 +68,10 @@ class Stub(BaseHTTPRequestHandler):
     def do_POST(self):
         req = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
         Stub.seen.setdefault("auth", set()).add(self.headers.get("Authorization"))
+        guide = next((k for k in ("structured_outputs", "response_format") if k in req), "plain")
+        Stub.seen.setdefault("guides", []).append(guide)
+        if Stub.refuse_guides and guide != "plain":
+            return self._send(400, b'{"error": {"message": "unsupported parameter"}}')
         body = req["messages"][-1]["content"]
         q = next(q for q in QUESTIONS if f"Customer: {q}" in body)
         key = (q, body)
@@ -88,7 +93,7 @@ class Stub(BaseHTTPRequestHandler):
 
 @pytest.fixture
 def stub_url():
-    Stub.seen = {}
+    Stub.seen, Stub.refuse_guides = {}, False
     srv = ThreadingHTTPServer(("127.0.0.1", 0), Stub)
     srv.daemon_threads = True
     t = threading.Thread(target=srv.serve_forever, daemon=True)
@@ -125,6 +130,29 @@ def test_garbage_endpoint_is_counted_never_fatal(
     md = (out / "report.md").read_text()
     assert "## LLM judge (pairwise, both orders)" in md and "Invalid answers | 8 of 10" in md
     assert "LLM judge: 8 of 10 answers were invalid" in md
+
+
+@pytest.mark.parametrize("structured", ["auto", "on"])
+def test_guided_decoding_refused_falls_back(stub_url, structured, tmp_path, repo_root):
+    from onbrand.data.brand import load_brand
+    from onbrand.eval.config import JudgeConfig
+    from onbrand.eval.judge import Judge
+    from onbrand.eval.judge.backends import EndpointBackend
+
+    Stub.refuse_guides = True
+    cfg = JudgeConfig(endpoint=stub_url, structured=structured, max_retries=1, backoff_s=0.01, cache=False)
+    backend = EndpointBackend(cfg)
+    backend.probe()
+    chats = [[{"role": "user", "content": "Where is my order?"}]]
+    out = Judge(cfg, backend, None).run(load_brand(repo_root / "configs/brands/aurora.yaml"), chats, ["a"], ["b"],
+                                        [None], n_boot=50)  # fmt: skip
+    assert out["cost"]["structured_refused"] is True
+    if structured == "auto":  # vLLM's field, then OpenAI's response_format, then plain decoding
+        assert list(dict.fromkeys(Stub.seen["guides"])) == ["structured_outputs", "response_format", "plain"]
+        assert out["structured"] is None and out["labels"] == ["tie"]
+    else:  # guided decoding required: never plain; the refusals are counted as invalid
+        assert "plain" not in Stub.seen["guides"]
+        assert out["labels"] == [None] and out["invalid_kinds"] == {"http_400": 2}
 
 
 @pytest.mark.vllm
