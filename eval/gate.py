@@ -14,9 +14,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from onbrand.config import check_range
-
-# The automatic judges a human round compares with people (keys of report.metrics.human.judges).
-HUMAN_JUDGES = ("reward_model", "llm_judge", "brand_rules")
+from onbrand.eval.metrics.agreement import HUMAN_JUDGES
 
 
 @dataclass

@@ -171,7 +171,8 @@ def collect(report_dir, db_url: str, project: str, brand: str | None = None, n_b
     scored = {t: [SCORE[lab] for _, lab in v if lab != "both_bad"] for t, v in votes.items()}
     item_scores = [sum(x) / len(x) for x in scored.values() if x]
     majority = {t: _majority([lab for _, lab in v]) for t, v in votes.items()}
-    row_of = {t: next(i for i, r in enumerate(rows) if r["id"] == src["item"]) for t, src in tasks.items()}
+    index = {r["id"]: i for i, r in enumerate(rows)}
+    row_of = {t: index[src["item"]] for t, src in tasks.items()}
     card = None
     try:
         card = load_brand(_brand_path(report, brand))

@@ -31,56 +31,51 @@ def plot_win_rates(metrics: dict[str, Any], path: Path) -> bool:
         rows.append(("implicit reward acc.", metrics["implicit"]["accuracy"]))
     if not rows:
         return False
-    plt = _plt()
-    fig, ax = plt.subplots(figsize=(7, 0.7 * len(rows) + 1.4))
-    names = [r[0] for r in rows][::-1]
-    vals = [r[1] for r in rows][::-1]
-    y = range(len(rows))
-    err = [[v["value"] - v["low"] for v in vals], [v["high"] - v["value"] for v in vals]]
+    vals = [r[1] for r in rows]
     colors = [ALIGNED_C if v["low"] > 0.5 else ("#d62728" if v["high"] < 0.5 else "#bcbd22") for v in vals]
-    ax.barh(list(y), [v["value"] for v in vals], xerr=err, color=colors, capsize=5)
-    ax.axvline(0.5, color="k", ls="--", lw=1)
-    for i, v in enumerate(vals):
-        # Labels in a column right of x=1 so they never sit on a whisker.
-        ax.text(1.03, i, f"{v['value']:.2f} [{v['low']:.2f}, {v['high']:.2f}]", va="center")
-    ax.set_yticks(list(y), names)
-    ax.set_xlim(0, 1.4)
-    ax.set_xticks([0, 0.25, 0.5, 0.75, 1.0])
-    ax.axvline(1.0, color="0.8", lw=0.8)
-    ax.set_xlabel("aligned beats base (0.5 = no difference); bars: 95% bootstrap CI")
-    ax.set_title("Aligned vs base: pairwise rates")
+    _ci_bars(path, [r[0] for r in rows], vals, colors, [f"{v['value']:.2f} [{v['low']:.2f}, {v['high']:.2f}]" for v in vals],
+             null=0.5, xlim=(0, 1.4), xticks=[0, 0.25, 0.5, 0.75, 1.0], text_x=1.03, width=7, pad=1.4,
+             xlabel="aligned beats base (0.5 = no difference); bars: 95% bootstrap CI",
+             title="Aligned vs base: pairwise rates", edge=1.0)  # fmt: skip
+    return True
+
+
+def _ci_bars(path: Path, names, vals, colors, labels, *, null, xlim, xticks, text_x, width, pad, xlabel, title,
+             edge=None) -> None:  # fmt: skip
+    """Horizontal bars (first row on top) with CI whiskers, a dashed ``null`` line and each row's
+    label in a column right of the bars (so it never sits on a whisker)."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(width, 0.7 * len(vals) + pad))
+    y = list(range(len(vals)))[::-1]
+    err = [[v["value"] - v["low"] for v in vals], [v["high"] - v["value"] for v in vals]]
+    ax.barh(y, [v["value"] for v in vals], xerr=err, color=colors, capsize=5)
+    ax.axvline(null, color="k", ls="--", lw=1)
+    for i, text in zip(y, labels):
+        ax.text(text_x, i, text, va="center")
+    ax.set_yticks(y, names)
+    ax.set_xlim(*xlim)
+    ax.set_xticks(xticks)
+    if edge is not None:
+        ax.axvline(edge, color="0.8", lw=0.8)
+    ax.set_xlabel(xlabel)
+    ax.set_title(title)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
-    return True
 
 
 def plot_human_agreement(metrics: dict[str, Any], path: Path) -> bool:
     """Cohen's kappa (bars, 95% CI) of each automatic judge with the human majority."""
-    from onbrand.eval.report_sections import JUDGE_NAMES
+    from onbrand.eval.metrics.agreement import HUMAN_JUDGES
 
     judges = {k: v for k, v in (metrics.get("human") or {}).get("judges", {}).items() if v.get("kappa")}
     if not judges:
         return False
-    plt = _plt()
-    fig, ax = plt.subplots(figsize=(9, 0.7 * len(judges) + 1.6))
-    names = [JUDGE_NAMES.get(k, k) for k in judges][::-1]
-    vals = [v["kappa"] for v in judges.values()][::-1]
-    err = [[v["value"] - v["low"] for v in vals], [v["high"] - v["value"] for v in vals]]
-    ax.barh(range(len(vals)), [v["value"] for v in vals], xerr=err, color=ALIGNED_C, capsize=5)
-    for i, (v, ag) in enumerate(zip(vals, list(judges.values())[::-1])):
-        ax.text(
-            1.05, i, f"κ {v['value']:.2f}, accuracy {ag['accuracy']['value']:.2f}, n {ag['n']}", va="center"
-        )
-    ax.axvline(0.0, color="k", ls="--", lw=1)
-    ax.set_yticks(range(len(vals)), names)
-    ax.set_xlim(-1, 2.1)
-    ax.set_xticks([-1, -0.5, 0, 0.5, 1.0])
-    ax.set_xlabel("Cohen's kappa with the human majority (0 = chance, 1 = perfect); whiskers: 95% CI")
-    ax.set_title("Does each automatic judge agree with people?")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _ci_bars(path, [HUMAN_JUDGES.get(k, k) for k in judges], [v["kappa"] for v in judges.values()], ALIGNED_C,
+             [f"κ {a['kappa']['value']:.2f}, accuracy {a['accuracy']['value']:.2f}, n {a['n']}" for a in judges.values()],
+             null=0.0, xlim=(-1, 2.1), xticks=[-1, -0.5, 0, 0.5, 1.0], text_x=1.05, width=9, pad=1.6,
+             xlabel="Cohen's kappa with the human majority (0 = chance, 1 = perfect); whiskers: 95% CI",
+             title="Does each automatic judge agree with people?")  # fmt: skip
     return True
 
 

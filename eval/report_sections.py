@@ -8,11 +8,7 @@ from __future__ import annotations
 import html
 from typing import Any
 
-JUDGE_NAMES = {
-    "reward_model": "Reward model",
-    "llm_judge": "LLM judge",
-    "brand_rules": "Brand rules (fewer violations wins)",
-}
+from onbrand.eval.metrics.agreement import HUMAN_JUDGES
 
 
 def _est(e: dict | None, digits: int = 3) -> str:
@@ -97,12 +93,12 @@ def human_md(h: dict[str, Any]) -> list[str]:
     ]
     for key, ag in h["judges"].items():
         out.append(
-            f"| {JUDGE_NAMES.get(key, key)} | {ag['n']} | {_est(ag['accuracy'])} | {_est(ag['kappa'])} |"
+            f"| {HUMAN_JUDGES.get(key, key)} | {ag['n']} | {_est(ag['accuracy'])} | {_est(ag['kappa'])} |"
         )
     if h.get("skipped_judges"):
         out += [
             "",
             "Not compared: "
-            + "; ".join(f"{JUDGE_NAMES.get(k, k)} ({v})" for k, v in h["skipped_judges"].items()),
+            + "; ".join(f"{HUMAN_JUDGES.get(k, k)} ({v})" for k, v in h["skipped_judges"].items()),
         ]
     return out

@@ -26,6 +26,8 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+from onbrand.eval.engines.vllm import adapter_rank, vllm_max_rank
+
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -46,7 +48,7 @@ class VLLMServer:
     """``vllm serve MODEL`` on 127.0.0.1; ``url`` is its ``/v1`` base URL once ``start()`` returns."""
 
     def __init__(self, model: str | os.PathLike, served_name: str | None = None,
-                 lora_modules: dict[str, str | os.PathLike] | None = None, max_lora_rank: int = 16,
+                 lora_modules: dict[str, str | os.PathLike] | None = None,
                  max_model_len: int = 1024, kv_cache_gib: float = 1.0, extra_args: list[str] | None = None,
                  log_path: str | os.PathLike | None = None, startup_timeout: float = 600.0):  # fmt: skip
         self.port = free_port()
@@ -58,8 +60,10 @@ class VLLMServer:
         if _on_cpu():
             cmd += ["--dtype", "float32", "--enforce-eager"]
         if lora_modules:
-            # max_loras >= adapters + 1: with fewer slots, base requests batched beside LoRA ones got the adapter.
-            cmd += ["--enable-lora", "--max-loras", str(len(lora_modules) + 1), "--max-lora-rank", str(max_lora_rank),
+            # max_loras >= adapters + 1: with fewer slots, base requests batched beside LoRA ones got the
+            # adapter; the max rank is the adapters' own, rounded up to a rank vLLM accepts.
+            rank = vllm_max_rank(max(adapter_rank(p) for p in lora_modules.values()))
+            cmd += ["--enable-lora", "--max-loras", str(len(lora_modules) + 1), "--max-lora-rank", str(rank),
                     "--lora-modules", *[f"{k}={v}" for k, v in lora_modules.items()]]  # fmt: skip
         cmd += ["--kv-cache-memory-bytes", str(int(kv_cache_gib * (1 << 30)))]
         self.cmd = cmd + list(extra_args or [])

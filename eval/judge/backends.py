@@ -12,6 +12,7 @@ instead of the client's: we need the retries and each failure kind counted for t
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import random
 import time
@@ -52,7 +53,6 @@ class Reply:
 class Usage:
     """What the judge cost in this run (cache hits cost nothing)."""
 
-    requests: int = 0
     attempts: int = 0
     prompt_tokens: int = 0
     completion_tokens: int = 0
@@ -197,9 +197,6 @@ class EndpointBackend:
             self.probe()
         return asyncio.run(self._all(chats, usage)) if chats else []
 
-    def close(self) -> None:
-        pass
-
 
 class EngineBackend:
     """A local judge model through onbrand's engines (vLLM when importable, else transformers).
@@ -219,10 +216,14 @@ class EngineBackend:
     def probe(self) -> dict[str, Any]:
         return self.identity()
 
-    def identity(self) -> dict[str, Any]:
+    @functools.cached_property
+    def _identity(self) -> dict[str, Any]:
         from onbrand.models import model_hash
 
-        return {"model": str(self.cfg.model), "hash": model_hash(self.path)}
+        return {"model": str(self.cfg.model), "hash": model_hash(self.path)}  # hashes the weights: once
+
+    def identity(self) -> dict[str, Any]:
+        return self._identity
 
     def describe(self) -> dict[str, Any]:
         return {"backend": self.kind, "model": str(self.cfg.model), "path": str(self.path)}
@@ -239,9 +240,6 @@ class EngineBackend:
         finally:
             engine.close()
         return [Reply(g.text, None, g.prompt_tokens, len(g.token_ids[0]), 1) for g in gens]
-
-    def close(self) -> None:
-        pass
 
 
 def make_backend(cfg, engine_kind: str = "auto", engine_options: dict[str, Any] | None = None, seed: int = 0):

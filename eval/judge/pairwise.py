@@ -118,7 +118,6 @@ class Judge:
                     )
             for i, r in zip(todo, fresh):
                 replies[i] = r
-                usage.requests += 1
                 usage.attempts += r.attempts
                 usage.prompt_tokens += r.prompt_tokens
                 usage.completion_tokens += r.completion_tokens

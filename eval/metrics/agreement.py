@@ -18,6 +18,13 @@ from onbrand.annotate.agreement import cohen_kappa
 from onbrand.eval.metrics.stats import mean_ci
 
 LABELS = ("aligned", "base", "tie")
+# The automatic judges a human round compares with people: key (in report.metrics.human.judges and
+# the gate's human_kappa_judges) -> the name shown in report.md and human_agreement.png.
+HUMAN_JUDGES = {
+    "reward_model": "Reward model",
+    "llm_judge": "LLM judge",
+    "brand_rules": "Brand rules (fewer violations wins)",
+}
 SCORE = {"aligned": 1.0, "tie": 0.5, "base": 0.0}
 
 
