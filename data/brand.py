@@ -249,7 +249,7 @@ def load_brand(path: str | Path) -> BrandCard:
 
 
 def brand_sha256(card_or_path: BrandCard | str | Path) -> str:
-    from onbrand.runs import sha256_file
+    from onbrand.artifacts import sha256_file
 
     path = card_or_path.source if isinstance(card_or_path, BrandCard) else card_or_path
     return sha256_file(path)

@@ -22,6 +22,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+from onbrand.data.formats import FORMATS
+
 DEFAULT_CONFIG = "configs/data/demo.yaml"
 SHOW_PROBLEMS = 20
 
@@ -53,10 +55,10 @@ def _brand_id(args, cfg) -> str | None:
 def _run_import(args, write: bool) -> int:
     from tqdm import tqdm
 
+    from onbrand.artifacts import atomic_write_json
     from onbrand.data.records import to_json_line
     from onbrand.data.snapshot import resolve_input
     from onbrand.data.validate import ImportStats, Quarantined, import_files, quarantine_line
-    from onbrand.runs import atomic_write_json
 
     cfg = _cfg(args)
     files = _files(args, cfg)
@@ -176,9 +178,7 @@ def register(sub) -> None:
     ):
         q = dsub.add_parser(name, help=help_)
         q.add_argument("files", nargs="*", help="input files (default: the config's inputs)")
-        q.add_argument(
-            "--format", choices=("auto", "canonical", "trl", "standard", "hh-rlhf", "ultrafeedback", "csv")
-        )
+        q.add_argument("--format", choices=FORMATS)
         q.add_argument("--brand", help="brand card YAML; fills records without a brand")
         q.add_argument("--max-chars", type=int, help="per-row size cap (characters)")
         q.add_argument("--strict", action="store_true", help="exit 1 when any row is quarantined")

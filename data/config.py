@@ -5,8 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from onbrand.config import check_range
-
-FORMATS = ("auto", "canonical", "trl", "standard", "hh-rlhf", "ultrafeedback", "csv")
+from onbrand.data.formats import FORMATS
 
 
 @dataclass

@@ -29,12 +29,12 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+from onbrand.artifacts import atomic_write_json, atomic_write_text, read_json
 from onbrand.data.leakage import leakage_section, md_leakage, size_warnings
 from onbrand.data.leakage import md_escape as _md_escape
 from onbrand.data.records import normalize_text
 from onbrand.data.similarity import chosen_near_twin_rate, near_duplicate_rate  # noqa: F401 (re-export)
 from onbrand.data.similarity import messages_text as _text
-from onbrand.runs import atomic_write_json, atomic_write_text, read_json
 
 GOODHART_SHARE = 0.65
 NEAR_DUP_JACCARD = 0.8
@@ -120,8 +120,8 @@ def annotator_votes(records: list[dict[str, Any]]) -> list[tuple[str, str, str]]
 
 
 def build_report(snapshot: str | Path, card=None) -> tuple[dict[str, Any], dict[str, list], Any]:
-    from onbrand.annotate.agreement import agreement_report
     from onbrand.data.snapshot import load_snapshot
+    from onbrand.stats.agreement import agreement_report
 
     snapshot = Path(snapshot)
     dd, manifest = load_snapshot(snapshot)

@@ -30,6 +30,7 @@ from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Any
 
+from onbrand.artifacts import atomic_dir, atomic_write_json, now_iso, read_json, sha256_file, sha256_json
 from onbrand.data.config import DataConfig
 from onbrand.data.leakage import (
     FIXED_SPLITS,
@@ -44,7 +45,6 @@ from onbrand.data.leakage import (
 from onbrand.data.records import FIELDS, SCHEMA_VERSION, prompt_key
 from onbrand.data.similarity import UnionFind
 from onbrand.data.validate import ImportStats, Quarantined, import_files, quarantine_line
-from onbrand.runs import atomic_dir, atomic_write_json, now_iso, read_json, sha256_file, sha256_json
 
 MANIFEST = "manifest.json"
 PKG_PREFIX = "pkg:"

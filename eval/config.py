@@ -11,7 +11,7 @@ from typing import Literal
 from urllib.parse import urlsplit
 
 from onbrand.config import check_range
-from onbrand.eval.engines.base import Sampling
+from onbrand.engines.base import Sampling
 
 
 @dataclass
@@ -109,7 +109,7 @@ class EvalConfig:
     prompts: str | None = None
     split: str = "test"
     brand: str | None = None  # brand card YAML: system prompt + rules + exemplars
-    reward: str | None = None  # reward run dir (onbrand.training.reward.RewardScorer)
+    reward: str | None = None  # reward run dir (onbrand.training.reward_model.RewardScorer)
     out_dir: str = "runs/eval"
     gate: str | None = None  # gate thresholds YAML (configs/eval/gates.yaml); result in report["gate"]
     engine: Literal["auto", "vllm", "hf"] = "auto"

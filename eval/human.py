@@ -31,12 +31,12 @@ from pathlib import Path
 from typing import Any
 
 from onbrand.annotate import service
-from onbrand.annotate.agreement import agreement_report
 from onbrand.annotate.db import Annotator, Judgement, Task, open_db
+from onbrand.artifacts import atomic_write_json, now_iso, read_json, sha256_file
 from onbrand.eval.metrics.agreement import SCORE, agreement, labels_from_scores
-from onbrand.eval.metrics.stats import mean_ci
 from onbrand.eval.report import read_samples
-from onbrand.runs import atomic_write_json, now_iso, read_json, sha256_file
+from onbrand.stats.agreement import agreement_report
+from onbrand.stats.ci import mean_ci
 
 ROUND_FILE = "human_round.json"
 

@@ -8,8 +8,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from onbrand.artifacts import read_json
+from onbrand.lineage import final_adapter, parent_dir
 from onbrand.models import DEFAULT_MODEL
-from onbrand.runs import read_json
 
 
 @dataclass
@@ -47,18 +48,16 @@ def _find_beta(node: Any) -> float | None:
     return None
 
 
-def _parent_adapter(run_dir: Path, parent: str | None) -> Path | None:
-    if not parent:
-        return None
-    for cand in (Path(parent), run_dir.parent / Path(parent).name):
-        if (cand / "adapter" / "adapter_config.json").exists():
-            return cand / "adapter"
-        if (cand / "adapter_config.json").exists():
-            return cand
-    raise ValueError(
-        f"{run_dir}/run.json: parent_run {parent!r} has no adapter/ (needed as the DPO reference); "
-        "set beta and metrics.implicit=false to skip the implicit reward"
-    )
+def _parent_adapter(run_dir: Path, run: dict[str, Any]) -> Path | None:
+    """The parent run's final adapter (the DPO reference), through the one lineage resolver."""
+    try:
+        parent = parent_dir(run_dir, run)
+        return None if parent is None else final_adapter(parent)
+    except FileNotFoundError as e:
+        raise ValueError(
+            f"{run_dir}/run.json: parent_run {run.get('parent_run')!r} has no adapter/ (needed as the DPO "
+            f"reference; {e}); set beta and metrics.implicit=false to skip the implicit reward"
+        ) from None
 
 
 def resolve_aligned(aligned: str, base_model: str, beta: float | None) -> Aligned:
@@ -87,7 +86,7 @@ def resolve_aligned(aligned: str, base_model: str, beta: float | None) -> Aligne
             "adapter",
             path / "adapter",
             run_base,
-            _parent_adapter(path, run.get("parent_run")),
+            _parent_adapter(path, run),
             beta or cfg_beta or 0.1,
             run,
         )

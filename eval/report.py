@@ -12,9 +12,9 @@ import json
 from pathlib import Path
 from typing import Any
 
-from onbrand.eval.lineage import JUDGE_SAW_TRAINING
+from onbrand.artifacts import atomic_dir, atomic_write_json, atomic_write_text, environment_record
+from onbrand.eval.independence import JUDGE_SAW_TRAINING
 from onbrand.eval.report_sections import human_md, judge_md
-from onbrand.runs import atomic_dir, atomic_write_json, atomic_write_text, environment_record
 
 
 def _ci(e: dict | None, digits: int = 3) -> str:

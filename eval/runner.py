@@ -18,9 +18,11 @@ from pathlib import Path
 from typing import Any
 
 from onbrand.config import load_config, to_dict
+from onbrand.embedder import load_embedder
+from onbrand.engines import Request, get_engine
 from onbrand.eval.config import EvalConfig
-from onbrand.eval.engines import Request, get_engine
 from onbrand.eval.inputs import Aligned, PromptSet, load_prompts, resolve_aligned, with_system
+from onbrand.scoring import load_scorer
 
 ALIGNED, REFERENCE = "aligned", "reference"
 
@@ -62,7 +64,7 @@ class LogProbModels:
     model when aligned is a merged checkpoint)."""
 
     def __init__(self, aligned: Aligned, batch_size: int):
-        from onbrand.eval.engines.hf import load_with_adapters
+        from onbrand.engines.hf import load_with_adapters
 
         adapters = {}
         if aligned.kind == "adapter":
@@ -79,7 +81,7 @@ class LogProbModels:
         self.batch_size = batch_size
 
     def fn(self, which: str):
-        from onbrand.eval.engines.hf import use_adapter
+        from onbrand.engines.hf import use_adapter
         from onbrand.eval.metrics.logprobs import token_logprobs
 
         def run(prompts, responses):
@@ -117,9 +119,7 @@ def score_all(
     m["drift"] = drift.drift(al_txt, base_txt, al_len, base_len)
     if cfg.metrics.reward and (scorer is not None or cfg.reward):
         if scorer is None:
-            from onbrand.training.reward import RewardScorer
-
-            scorer = RewardScorer(cfg.reward)
+            scorer = load_scorer(cfg.reward)
         ra, rb = winrate.score_pairs(scorer, chats, al_txt, base_txt)
         m["win_rate"] = winrate.win_rates(ra, rb, al_len, base_len, nb, cfg.ci, seed, cfg.lc_warn_gap)
         m["rewards"] = {"aligned": ra, "base": rb}
@@ -186,14 +186,14 @@ def _voice(cfg, card, al_txt, base_txt, chans, embedder, m) -> None:
         )
         return
     m["voice"] = voice.voice(
-        embedder or voice.load_embedder(), al_txt, base_txt, chans, exemplars, cfg.bootstrap, cfg.seed
+        embedder or load_embedder(), al_txt, base_txt, chans, exemplars, cfg.bootstrap, cfg.seed
     )
     m["voice"]["reference"] = reference
 
 
 def _logprob_metrics(cfg, aligned, ps, chats, al_gen, card, m) -> None:
-    from onbrand.eval.engines import render_prompt
-    from onbrand.eval.engines.base import stop_token_ids
+    from onbrand.engines import render_prompt
+    from onbrand.engines.base import stop_token_ids
     from onbrand.eval.inputs import general_text_files
     from onbrand.eval.metrics import logprobs
 
@@ -242,7 +242,7 @@ def flatten_samples(ps: PromptSet, chats, base_gen, al_gen):
     each pair becomes one row (ids ``<id>#j``): every metric then averages over all samples."""
     from dataclasses import replace
 
-    from onbrand.eval.engines import Generation
+    from onbrand.engines import Generation
 
     def split(g):
         return [Generation(f"{g.request_id}#{j}", g.adapter, [t], [ids], g.finish_reasons[j : j + 1], g.prompt_tokens)
@@ -258,7 +258,7 @@ def flatten_samples(ps: PromptSet, chats, base_gen, al_gen):
 
 def _judge_check(cfg: EvalConfig, aligned: Aligned, warnings: list[str]) -> dict[str, Any]:
     """Lineage check of the reward model against the policy (raises on overlap unless allowed)."""
-    from onbrand.eval.lineage import JUDGE_SAW_TRAINING, judge_independence
+    from onbrand.eval.independence import JUDGE_SAW_TRAINING, judge_independence
 
     reward = cfg.reward if cfg.metrics.reward else None
     ji = judge_independence(cfg.aligned if aligned.run else None, reward, cfg.allow_judge_overlap)

@@ -23,7 +23,7 @@ from __future__ import annotations
 import torch
 
 from onbrand.kernels.chunked import DEFAULT_BUDGET_MB, _chunk_logits, _softmax_inplace, chunk_rows_for
-from onbrand.kernels.losses import LOSS_TYPES, PreferenceLossOutput, preference_loss
+from onbrand.kernels.losses import LOSS_TYPES, PreferenceLossOutput, nll_weight_for, preference_loss
 
 
 def _score_sequence(h, t, weight, bias, scale, buf, gdir, m_acc, b_acc):
@@ -186,8 +186,7 @@ def fused_linear_preference_loss(
             f"targets out of range: valid ids are 0..{weight.shape[0] - 1} or ignore_index={ignore_index}"
         )
     seq_ids = torch.where(valid, seq_ids, -1)
-    if nll_weight is None:
-        nll_weight = 1.0 if loss_type == "orpo" else 0.0
+    nll_weight = nll_weight_for(loss_type, nll_weight)
     loss_kw = dict(loss_type=loss_type, beta=beta, label_smoothing=label_smoothing, simpo_gamma=simpo_gamma)
     chunk = chunk_size or chunk_rows_for(weight.shape[0], hidden.dtype, memory_budget_mb)
     refs = (ref_chosen_logps, ref_rejected_logps)

@@ -35,8 +35,41 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-LOSS_TYPES = ("sigmoid", "ipo", "hinge", "robust", "sigmoid_norm", "simpo", "orpo")
-REFERENCE_FREE = ("simpo", "orpo")
+
+@dataclass(frozen=True)
+class LossSpec:
+    """One preference loss: whether it needs a reference model, whether it needs per-sequence token
+    counts (length-normalised losses), and its NLL-term weight when the config leaves it unset."""
+
+    reference_free: bool = False
+    needs_counts: bool = False
+    default_nll_weight: float = 0.0
+    label_smoothing: bool = False  # uses ``label_smoothing`` (ε)
+
+
+# The one list of preference losses (config validation, the fused kernel and the tests derive from it).
+LOSSES: dict[str, LossSpec] = {
+    "sigmoid": LossSpec(),
+    "ipo": LossSpec(needs_counts=True),
+    "hinge": LossSpec(),
+    "robust": LossSpec(label_smoothing=True),
+    "sigmoid_norm": LossSpec(needs_counts=True),
+    "simpo": LossSpec(reference_free=True, needs_counts=True, label_smoothing=True),
+    "orpo": LossSpec(reference_free=True, needs_counts=True, default_nll_weight=1.0),  # TRL's ORPO
+}
+LOSS_TYPES = tuple(LOSSES)
+REFERENCE_FREE = tuple(name for name, spec in LOSSES.items() if spec.reference_free)
+
+
+def loss_spec(loss_type: str) -> LossSpec:
+    if loss_type not in LOSSES:
+        raise ValueError(f"loss_type={loss_type!r}: must be one of {', '.join(LOSS_TYPES)}")
+    return LOSSES[loss_type]
+
+
+def nll_weight_for(loss_type: str, nll_weight: float | None) -> float:
+    """The NLL-term weight: the configured one, else the loss's default."""
+    return loss_spec(loss_type).default_nll_weight if nll_weight is None else nll_weight
 
 
 @dataclass
@@ -85,7 +118,7 @@ def _check(loss_type, beta, label_smoothing, tensors, counts_needed, chosen_toke
         raise ValueError(f"beta={beta}: must be > 0")
     if not 0.0 <= label_smoothing < 0.5:
         raise ValueError(f"label_smoothing={label_smoothing}: must be in [0, 0.5)")
-    if label_smoothing and loss_type not in ("robust", "simpo"):
+    if label_smoothing and not loss_spec(loss_type).label_smoothing:
         raise ValueError(
             f"label_smoothing={label_smoothing} is only used by 'robust' and 'simpo', not {loss_type!r}"
         )
@@ -128,10 +161,9 @@ def preference_loss(
         chosen_tokens=chosen_tokens,
         rejected_tokens=rejected_tokens,
     )
-    counts_needed = loss_type in ("ipo", "sigmoid_norm", "simpo", "orpo")
+    counts_needed = loss_spec(loss_type).needs_counts
     _check(loss_type, beta, label_smoothing, tensors, counts_needed, chosen_tokens, rejected_tokens)
-    if nll_weight is None:
-        nll_weight = 1.0 if loss_type == "orpo" else 0.0
+    nll_weight = nll_weight_for(loss_type, nll_weight)
     if loss_type in REFERENCE_FREE:
         per_pair, chosen_rewards, rejected_rewards, extras = _reference_free(
             loss_type, policy_chosen_logps, policy_rejected_logps, chosen_tokens, rejected_tokens, beta,

@@ -28,7 +28,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from onbrand.runs import atomic_dir, atomic_write_json
+from onbrand.artifacts import atomic_dir, atomic_write_json
 
 CONFIG_FILE = "adapter_config.json"
 WEIGHTS_FILE = "adapter_model.safetensors"

@@ -20,7 +20,7 @@ STAGE_MODULES = (
     "onbrand.data.cli",
     "onbrand.training.cli",
     "onbrand.eval.cli",
-    "onbrand.export",
+    "onbrand.export.cli",
     "onbrand.annotate.cli",
     "onbrand.pipeline",
 )

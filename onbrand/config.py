@@ -32,7 +32,7 @@ CONFIG_KINDS: dict[str, str] = {
     "data": "onbrand.data.config:DataConfig",
     "sft": "onbrand.training.sft:SFTConfig",
     "dpo": "onbrand.training.dpo:DPOConfig",
-    "reward": "onbrand.training.reward:RewardConfig",
+    "reward": "onbrand.training.reward_model:RewardConfig",
     "rl": "onbrand.training.rl:RLConfig",
     "eval": "onbrand.eval.config:EvalConfig",
     "eval/gates.yaml": "onbrand.eval.gate:GateConfig",

@@ -17,7 +17,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from onbrand.runs import atomic_dir, atomic_write_json, hash_tree, read_json, sha256_file, sha256_json
+from onbrand.artifacts import atomic_dir, atomic_write_json, hash_tree, read_json, sha256_file, sha256_json
 
 EMBEDDED_PREFIX = "embedded:"
 DEFAULT_MODEL = "embedded:smollm2-135m-instruct"

@@ -20,9 +20,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from onbrand.artifacts import atomic_write_json, read_json, sha256_file, sha256_json
 from onbrand.config import load_config, resolve_kind, to_dict
 from onbrand.pipeline_stages import STAGES, StageContext
-from onbrand.runs import atomic_write_json, read_json, sha256_file, sha256_json
 
 KNOWN_STAGES = tuple(STAGES)
 

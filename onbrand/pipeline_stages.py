@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from onbrand.runs import hash_tree, read_json, sha256_json
+from onbrand.artifacts import hash_tree, read_json, sha256_json
 
 
 @dataclass
@@ -229,8 +229,8 @@ def _fp_eval(cfg, ctx) -> str:
 
 
 def _run_export(cfg, _stage_cfg, ctx) -> dict[str, Any]:
-    from onbrand.export import export_run
-    from onbrand.export_verify import verify_export
+    from onbrand.export.checkpoint import export_run
+    from onbrand.export.verify import verify_export
 
     out = export_run(_p(ctx, "dpo"), _p(ctx, "export"), cfg.export.format, overwrite=True)
     result: dict[str, Any] = {"export_dir": str(out)}
@@ -282,10 +282,10 @@ STAGES: dict[str, Stage] = {
     ),
     "reward": Stage(
         "Bradley-Terry reward model (for eval win rates and RL)",
-        "onbrand.training.reward:RewardConfig",
+        "onbrand.training.reward_model:RewardConfig",
         ("model", "data"),
         _ov_train("reward"),
-        _run_train("onbrand.training.reward"),
+        _run_train("onbrand.training.reward_model"),
         _fp_run("reward"),
     ),
     "eval": Stage(

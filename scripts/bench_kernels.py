@@ -309,7 +309,7 @@ def plot(results: dict, path: Path) -> None:
 
 
 def write(results: dict, command: str, meta: dict) -> None:
-    from onbrand.runs import atomic_write_json, atomic_write_text
+    from onbrand.artifacts import atomic_write_json, atomic_write_text
 
     targets = check_targets(results)
     RESULTS.mkdir(parents=True, exist_ok=True)

@@ -293,7 +293,7 @@ def main(argv=None) -> int:
         "targets": targets,
     }
     RESULTS.mkdir(parents=True, exist_ok=True)
-    from onbrand.runs import atomic_write_json, atomic_write_text
+    from onbrand.artifacts import atomic_write_json, atomic_write_text
 
     atomic_write_json(RESULTS / f"{args.name}.json", payload)
     md = markdown(cmd, results, targets)

@@ -29,11 +29,11 @@ from typing import Any
 
 import yaml
 
+from onbrand.artifacts import atomic_write_text
 from onbrand.data.brand import load_brand
 from onbrand.data.records import canonicalize, normalize_text
 from onbrand.data.report import near_duplicate_rate
 from onbrand.data.similarity import chosen_near_twin_rate, shingles
-from onbrand.runs import atomic_write_text
 
 REPO = Path(__file__).resolve().parent.parent
 SPLITS = ("test", "dev", "judge", "train")  # fill order: the fixed splits first, train gets the rest

@@ -20,7 +20,7 @@ import resource
 import time
 from pathlib import Path
 
-from onbrand.runs import atomic_write_json, atomic_write_text, environment_record
+from onbrand.artifacts import atomic_write_json, atomic_write_text, environment_record
 
 RESULTS = Path("bench/results")
 
@@ -50,9 +50,9 @@ def _random_lora(model, out: Path, seed: int, layers: list[int], std_a: float, s
 def synthetic_runs(work: Path, base: str, brand: str, std_a: float, std_b: float) -> Path:
     """``<work>/sft`` and ``<work>/dpo`` run dirs (docs/architecture.md layout); returns the DPO dir."""
     from onbrand.adapters import concat_lora_adapters
+    from onbrand.lineage import init_run_dir, tokenizer_record
     from onbrand.models import load_model, load_tokenizer, model_hash
     from onbrand.training.common import brand_prompt
-    from onbrand.training.rundir import init_run_dir, tokenizer_record
 
     system_prompt, brand_rec = brand_prompt(brand)
     tok = load_tokenizer(base)
@@ -84,7 +84,7 @@ def float64_budget(export_dir: Path, base: str) -> dict[str, float]:
     from safetensors.torch import load_file
     from transformers import AutoModelForCausalLM
 
-    from onbrand.export import prompt_logits
+    from onbrand.export.common import prompt_logits
     from onbrand.models import load_model
 
     ref = load_file(str(export_dir / "parity" / "reference.safetensors"))
@@ -162,8 +162,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--std-a", type=float, default=0.04)
     p.add_argument("--std-b", type=float, default=0.004)
     args = p.parse_args(argv)
-    from onbrand.export import export_run
-    from onbrand.export_verify import verify_export
+    from onbrand.export.checkpoint import export_run
+    from onbrand.export.verify import verify_export
 
     work = Path(args.work)
     if not args.run and not args.synthetic:
@@ -174,7 +174,7 @@ def main(argv: list[str] | None = None) -> int:
     t1 = time.perf_counter()
     report = verify_export(out, vllm=args.vllm)
     t2 = time.perf_counter()
-    from onbrand.runs import read_json
+    from onbrand.artifacts import read_json
 
     manifest = read_json(out / "manifest.json")
     result = {

@@ -38,7 +38,7 @@ from sqlalchemy import func, select
 
 from onbrand.annotate import service
 from onbrand.annotate.db import Judgement, open_db
-from onbrand.runs import atomic_write_json, atomic_write_text
+from onbrand.artifacts import atomic_write_json, atomic_write_text
 
 REPO = Path(__file__).resolve().parent.parent
 HOST = "127.0.0.1"  # loopback only, by design

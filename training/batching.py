@@ -189,6 +189,70 @@ def pack_rows(
     return [sorted(r) for r in rows]
 
 
+@dataclass
+class _Targets:
+    """Scored completion tokens gathered while packing (row/offset pairs are flattened at the end)."""
+
+    last: list  # per sequence: (row, offset) of its last token, 0 while it has none
+    src: list[tuple[int, int]] = field(default_factory=list)  # (row, offset) of the predicting token
+    tgt: list[int] = field(default_factory=list)  # the predicted token id
+    sid: list[int] = field(default_factory=list)  # sequence id (2 * pair + 0 chosen / 1 rejected)
+
+    def add(
+        self, r: int, i: int, start: int, n_prompt: int, s: int, toks: list[int], kinds: list[int]
+    ) -> None:
+        """Record the chosen then rejected targets of pair ``i``'s segment placed at ``start`` of row ``r``."""
+        for k in (1, 2):
+            pos = [j for j, kk in enumerate(kinds) if kk == k]
+            if not pos:
+                continue
+            # token at offset j is predicted by the previous token of the same sequence;
+            # the first completion token by the last prompt token
+            prev = [start + n_prompt - s - 1] + [start + j for j in pos[:-1]]
+            self.src.extend((r, q) for q in prev)
+            self.tgt.extend(toks[j] for j in pos)
+            self.sid.extend([2 * i + (k - 1)] * len(pos))
+            self.last[2 * i + (k - 1)] = (r, start + pos[-1])
+
+
+def _segment_positions(kinds: list[int], n_prompt: int, s: int) -> list[int]:
+    """Position ids of a segment: prompt s..P-1, chosen P..P+C-1, rejected restarts at P."""
+    seg_pos, offsets = [], {0: s, 1: 0, 2: 0}
+    for kk in kinds:
+        base = 0 if kk == 0 else n_prompt
+        seg_pos.append(base + offsets[kk])
+        offsets[kk] += 1
+    return seg_pos
+
+
+def _pack_row(
+    pairs: list[TokenizedPair], members: list[int], r: int, s: int, shared_prefix: bool, targets: _Targets
+) -> tuple[list[int], list[int], list[int], list[int]]:
+    """Tokens, positions, pair ids (-2 = row prefix) and kinds of row ``r`` holding ``members``
+    after a shared prefix of ``s`` tokens; records the row's targets in ``targets``."""
+    first = pairs[members[0]].prompt
+    t_row, p_row, pair_row, kind_row = list(first[:s]), list(range(s)), [-2] * s, [3] * s
+    for i in members:
+        pair = pairs[i]
+        n_prompt = len(pair.prompt)
+        for toks, kinds, _slot in _segments(pair, shared_prefix):
+            toks, kinds = toks[s:], kinds[s:]  # the row prefix is already there
+            targets.add(r, i, len(t_row), n_prompt, s, toks, kinds)
+            t_row += toks
+            p_row += _segment_positions(kinds, n_prompt, s)
+            pair_row += [i] * len(toks)
+            kind_row += kinds
+    return t_row, p_row, pair_row, kind_row
+
+
+def _pad_rows(rows: list[list[int]], length: int, fill: int) -> torch.Tensor:
+    """(len(rows), length) long tensor of ``rows``, right-padded with ``fill``."""
+    out = torch.full((len(rows), length), fill, dtype=torch.long)
+    for r, row in enumerate(rows):
+        out[r, : len(row)] = torch.tensor(row)
+    return out
+
+
 def collate(
     pairs: list[TokenizedPair],
     max_tokens_per_row: int = 2048,
@@ -203,73 +267,29 @@ def collate(
     tokens continue at its position (kind 3 in the mask).
     """
     rows = pack_rows(pairs, max_tokens_per_row, shared_prefix, share_row_prefix)
-    tokens: list[list[int]] = []
-    positions: list[list[int]] = []
-    pair_of: list[list[int]] = []  # pair index per token, -1 = padding, -2 = row prefix
-    kind_of: list[list[int]] = []
-    src, tgt, sid = [], [], []
-    last = [0] * (2 * len(pairs))
-    length = 0
+    targets = _Targets(last=[0] * (2 * len(pairs)))
+    built = []  # per row: tokens, positions, pair index per token (-2 = row prefix), kinds
     for r, members in enumerate(rows):
         s = row_prefix_len([pairs[i].prompt for i in members]) if (shared_prefix and share_row_prefix) else 0
-        first = pairs[members[0]].prompt
-        t_row, p_row, pair_row, kind_row = list(first[:s]), list(range(s)), [-2] * s, [3] * s
-        for i in members:
-            pair = pairs[i]
-            n_prompt = len(pair.prompt)
-            for toks, kinds, _slot in _segments(pair, shared_prefix):
-                toks, kinds = toks[s:], kinds[s:]  # the row prefix is already there
-                start = len(t_row)
-                for k in (1, 2):  # completion targets: chosen then rejected
-                    pos = [j for j, kk in enumerate(kinds) if kk == k]
-                    if not pos:
-                        continue
-                    # token at offset j is predicted by the previous token of the same sequence;
-                    # the first completion token by the last prompt token
-                    prev = [start + n_prompt - s - 1] + [start + j for j in pos[:-1]]
-                    src.extend((r, q) for q in prev)
-                    tgt.extend(toks[j] for j in pos)
-                    sid.extend([2 * i + (k - 1)] * len(pos))
-                    last[2 * i + (k - 1)] = (r, start + pos[-1])
-                # prompt positions s..P-1, chosen P..P+C-1, rejected restarts at P
-                seg_pos, offsets = [], {0: s, 1: 0, 2: 0}
-                for kk in kinds:
-                    base = 0 if kk == 0 else n_prompt
-                    seg_pos.append(base + offsets[kk])
-                    offsets[kk] += 1
-                t_row += toks
-                p_row += seg_pos
-                pair_row += [i] * len(toks)
-                kind_row += kinds
-        tokens.append(t_row)
-        positions.append(p_row)
-        pair_of.append(pair_row)
-        kind_of.append(kind_row)
-        length = max(length, len(t_row))
-    real = sum(len(t) for t in tokens)
-    n_rows = len(rows)
-    ids = torch.full((n_rows, length), pad_id, dtype=torch.long)
-    pos_t = torch.zeros((n_rows, length), dtype=torch.long)
-    pair_t = torch.full((n_rows, length), -1, dtype=torch.long)
-    kind_t = torch.zeros((n_rows, length), dtype=torch.long)
-    for r in range(n_rows):
-        n = len(tokens[r])
-        ids[r, :n] = torch.tensor(tokens[r])
-        pos_t[r, :n] = torch.tensor(positions[r])
-        pair_t[r, :n] = torch.tensor(pair_of[r])
-        kind_t[r, :n] = torch.tensor(kind_of[r])
+        built.append(_pack_row(pairs, members, r, s, shared_prefix, targets))
+    tokens, positions, pair_of, kind_of = (list(col) for col in zip(*built)) if built else ([], [], [], [])
+    length = max((len(t) for t in tokens), default=0)
+    pair_t = _pad_rows(pair_of, length, -1)  # -1 = padding
+    kind_t = _pad_rows(kind_of, length, 0)
     mask = block_mask(pair_t, kind_t, shared_prefix)
     flat = lambda rq: rq[0] * length + rq[1]  # noqa: E731
     return PackedBatch(
-        input_ids=ids,
-        position_ids=pos_t,
+        input_ids=_pad_rows(tokens, length, pad_id),
+        position_ids=_pad_rows(positions, length, 0),
         attention_mask=mask,
-        src_index=torch.tensor([flat(x) for x in src], dtype=torch.long),
-        targets=torch.tensor(tgt, dtype=torch.long),
-        seq_id=torch.tensor(sid, dtype=torch.long),
-        last_index=torch.tensor([flat(x) if isinstance(x, tuple) else 0 for x in last], dtype=torch.long),
+        src_index=torch.tensor([flat(x) for x in targets.src], dtype=torch.long),
+        targets=torch.tensor(targets.tgt, dtype=torch.long),
+        seq_id=torch.tensor(targets.sid, dtype=torch.long),
+        last_index=torch.tensor(
+            [flat(x) if isinstance(x, tuple) else 0 for x in targets.last], dtype=torch.long
+        ),
         num_pairs=len(pairs),
-        real_tokens=real,
+        real_tokens=sum(len(t) for t in tokens),
         ids=[p.id for p in pairs],
     )
 

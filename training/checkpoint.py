@@ -2,7 +2,7 @@
 
 ``<run>/checkpoints/step-N/``: ``trainable.safetensors`` (the LoRA/head parameters), ``optimizer.pt``,
 ``scheduler.pt``, ``rng.pt`` (torch + python RNG) and ``state.json`` (step, data position). Each is
-written into a temp dir renamed into place (``onbrand.runs.atomic_dir``), so a kill mid-save never
+written into a temp dir renamed into place (``onbrand.artifacts.atomic_dir``), so a kill mid-save never
 leaves a complete-looking checkpoint. Loads use ``torch.load(weights_only=True)``.
 
 The data order is a pure function of (seed, epoch), so the step number is the data position.
@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
-from onbrand.runs import atomic_dir, atomic_write_json, read_json
+from onbrand.artifacts import atomic_dir, atomic_write_json, read_json
 
 _STEP = re.compile(r"^step-(\d+)$")
 

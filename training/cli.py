@@ -9,18 +9,21 @@ import argparse
 import importlib
 import sys
 
+from onbrand.kernels.losses import LOSS_TYPES
+
+# recipe -> (module under onbrand.training, help, default config)
 RECIPES = {
-    "sft": ("supervised fine-tuning of a LoRA adapter on the chosen answers", "configs/sft/demo.yaml"),
-    "dpo": ("DPO-family preference optimisation (sigmoid, ipo, hinge, robust, sigmoid_norm, simpo, orpo)", "configs/dpo/demo.yaml"),
-    "reward": ("Bradley-Terry reward model (LoRA + score head)", "configs/reward/demo.yaml"),
-    "rl": ("online RL (GRPO/RLOO) against the reward model and brand rules, KL control, Goodhart monitor", "configs/rl/demo.yaml"),
+    "sft": ("sft", "supervised fine-tuning of a LoRA adapter on the chosen answers", "configs/sft/demo.yaml"),
+    "dpo": ("dpo", f"DPO-family preference optimisation ({', '.join(LOSS_TYPES)})", "configs/dpo/demo.yaml"),
+    "reward": ("reward_model", "Bradley-Terry reward model (LoRA + score head)", "configs/reward/demo.yaml"),
+    "rl": ("rl", "online RL (GRPO/RLOO) against the reward model and brand rules, KL control, Goodhart monitor", "configs/rl/demo.yaml"),
 }  # fmt: skip
 
 
 def _run(args: argparse.Namespace) -> int:
     from onbrand.training.loop import TrainingDiverged
 
-    module = importlib.import_module(f"onbrand.training.{args.recipe}")
+    module = importlib.import_module(f"onbrand.training.{RECIPES[args.recipe][0]}")
     try:
         return module.main(["--config", args.config, *args.overrides])
     except TrainingDiverged as e:
@@ -34,7 +37,7 @@ def _run(args: argparse.Namespace) -> int:
 def register(sub) -> None:
     p = sub.add_parser("train", help="train SFT / DPO / reward-model LoRA adapters")
     tsub = p.add_subparsers(dest="recipe", required=True, metavar="RECIPE")
-    for name, (help_text, default) in RECIPES.items():
+    for name, (_module, help_text, default) in RECIPES.items():
         r = tsub.add_parser(name, help=help_text, description=help_text)
         r.add_argument("--config", default=default, help=f"YAML config (default {default})")
         r.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. train.lr=1e-4")

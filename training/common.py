@@ -11,13 +11,17 @@ from __future__ import annotations
 import argparse
 import os
 import random
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from onbrand.config import to_dict
+from onbrand.lineage import final_adapter, load_run
 from onbrand.training.batching import PackedBatch, TokenizedPair, collate, tokenize_pair
+from onbrand.training.loop import LoopResult, run_loop
 from onbrand.training.lora import backbone
 
 
@@ -162,7 +166,7 @@ def data_tokens(pairs: list[TokenizedPair]) -> int:
 
 def save_adapter(model, out: Path) -> None:
     """Atomic PEFT ``save_pretrained`` (temp dir renamed into place)."""
-    from onbrand.runs import atomic_dir
+    from onbrand.artifacts import atomic_dir
 
     with atomic_dir(out) as tmp:
         model.save_pretrained(str(tmp))
@@ -172,13 +176,7 @@ def parent_of(init_from: str | None) -> tuple[dict[str, Any] | None, Path | None
     """The parent run's run.json and its FINAL adapter dir (relative to the original base)."""
     if not init_from:
         return None, None
-    from onbrand.training.rundir import load_run
-
-    run = load_run(init_from)
-    adapter = Path(init_from) / "adapter"
-    if not (adapter / "adapter_config.json").exists():
-        raise FileNotFoundError(f"{init_from}: run has no adapter/ (did it finish?)")
-    return run, adapter
+    return load_run(init_from), final_adapter(init_from)
 
 
 @dataclass
@@ -200,10 +198,10 @@ class RunSetup:
 
 def setup_run(kind: str, cfg, need_rejected: bool = True) -> RunSetup:
     """Seed, accelerator, tokenizer, brand system prompt, tokenized data; write run.json."""
+    from onbrand.artifacts import hash_tree, sha256_json
+    from onbrand.lineage import init_run_dir, tokenizer_record
     from onbrand.models import load_tokenizer, model_hash
-    from onbrand.runs import hash_tree, sha256_json
     from onbrand.training.loop import make_accelerator
-    from onbrand.training.rundir import init_run_dir, tokenizer_record
 
     seed_everything(cfg.train.seed, cfg.train.threads)
     acc = make_accelerator()
@@ -247,12 +245,30 @@ def setup_run(kind: str, cfg, need_rejected: bool = True) -> RunSetup:
     )
 
 
+def train_pairs(run: RunSetup, cfg, model, wrapped, step_fn) -> LoopResult | None:
+    """:func:`~onbrand.training.loop.run_loop` over ``run.train`` with the recipe's ``cfg.train``.
+
+    Returns ``None`` (after saying how to resume) when ``train.stop_after`` stopped the run early."""
+    result = run_loop(
+        run.acc, model, wrapped, run.train, cfg.train, run.out, step_fn, run_name=run.out.name,
+        config_dict=to_dict(cfg), tokens_of=data_tokens,
+        lineage={"snapshot_id": run.manifest.get("snapshot_id"), "model": run.lineage_hash},
+    )  # fmt: skip
+    if result.stopped_early:
+        print(
+            f"stopped after step {result.steps} (train.stop_after); rerun the same command to resume",
+            file=sys.stderr,
+        )
+        return None
+    return result
+
+
 def finish_run(out: Path, kind: str, peft_model, parent_adapter, metrics: dict[str, Any], result, extra=None):
     """Save stage_adapter/ and adapter/ (concatenated with the parent's), eval.json, run.json."""
     import shutil
 
-    from onbrand.runs import atomic_dir, atomic_write_json
-    from onbrand.training.rundir import update_run
+    from onbrand.artifacts import atomic_dir, atomic_write_json
+    from onbrand.lineage import update_run
 
     save_adapter(peft_model, out / "stage_adapter")
     if parent_adapter is not None:

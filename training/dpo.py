@@ -32,6 +32,7 @@ from typing import Literal
 import torch
 
 from onbrand.config import check_range, load_config, to_dict
+from onbrand.kernels.losses import LOSS_TYPES, loss_spec, nll_weight_for, preference_loss
 from onbrand.models import DEFAULT_MODEL
 from onbrand.training.common import (
     DataSection,
@@ -44,7 +45,7 @@ from onbrand.training.common import (
 from onbrand.training.loop import TrainConfig, autocast
 from onbrand.training.lora import LoRAConfig
 
-LossType = Literal["sigmoid", "ipo", "hinge", "robust", "sigmoid_norm", "simpo", "orpo"]
+LossType = Literal[LOSS_TYPES]  # type: ignore[valid-type]  # the kernels' loss registry
 
 
 @dataclass
@@ -53,7 +54,7 @@ class DPOLoss:
     beta: float = 0.1
     label_smoothing: float = 0.0  # robust: ε, simpo: ε
     simpo_gamma: float = 0.5
-    nll_weight: float | None = None  # None: TRL's default (1.0 for orpo, else 0)
+    nll_weight: float | None = None  # None: the loss's default (kernels.losses.LOSSES)
 
     def __post_init__(self) -> None:
         check_range("dpo.beta", self.beta, 0, None, lo_open=True)
@@ -63,7 +64,7 @@ class DPOLoss:
 
     @property
     def needs_reference(self) -> bool:
-        return self.loss_type not in ("simpo", "orpo")
+        return not loss_spec(self.loss_type).reference_free
 
 
 @dataclass
@@ -114,8 +115,6 @@ def reference_logps(model: PackedModel, pairs, tok, cfg: DPOConfig, device, desc
 
 
 def pair_loss(got: dict[str, torch.Tensor], ref: tuple | None, cfg: DPOConfig, chosen_nll=None):
-    from onbrand.kernels.losses import preference_loss
-
     d = cfg.dpo
     return preference_loss(
         got["chosen"], got["rejected"],
@@ -128,7 +127,7 @@ def pair_loss(got: dict[str, torch.Tensor], ref: tuple | None, cfg: DPOConfig, c
 
 def nll_weight_of(cfg: DPOConfig) -> float:
     d = cfg.dpo
-    return d.nll_weight if d.nll_weight is not None else (1.0 if d.loss_type == "orpo" else 0.0)
+    return nll_weight_for(d.loss_type, d.nll_weight)
 
 
 def make_step_fn(unwrapped: PackedModel, tok, cfg: DPOConfig, device):

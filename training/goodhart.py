@@ -2,7 +2,7 @@
 
 Each RL step it records the reward (total and per component), the KL to the reference, the
 response length and the diversity of the responses (distinct-2 and 4-gram repetition, from eval's
-``onbrand.eval.metrics.drift`` so RL and eval measure the same thing). It warns when the reward
+``onbrand.stats.text`` so RL and eval measure the same thing). It warns when the reward
 RISES while a proxy of reward hacking EXPLODES:
 
     rising  = mean(reward, last W steps) - mean(reward, first W steps) > min_reward_gain
@@ -58,7 +58,7 @@ class GoodhartStop(RuntimeError):
 
 def diversity(texts: list[str]) -> dict[str, float]:
     """distinct-2 over the batch and mean 4-gram repetition per response."""
-    from onbrand.eval.metrics.drift import distinct_n, repetition_rate
+    from onbrand.stats.text import distinct_n, repetition_rate
 
     return {
         "distinct_2": distinct_n(texts, 2),
@@ -171,7 +171,7 @@ def write_report(run_dir: str | Path) -> tuple[Path, Path]:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from onbrand.runs import atomic_write_bytes, atomic_write_text
+    from onbrand.artifacts import atomic_write_bytes, atomic_write_text
     from onbrand.training.tracking import read_metrics
 
     run_dir = Path(run_dir)

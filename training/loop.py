@@ -160,6 +160,79 @@ def total_steps(cfg: TrainConfig, n_train: int) -> int:
     return cfg.max_steps or max(1, int(math.floor(cfg.epochs * per_epoch)))
 
 
+def _resume_point(acc, cfg: TrainConfig, out_dir: Path, fingerprint: str, model, opt, sched, total: int):
+    """``(start_step, checkpoint or None)``: the newest checkpoint of this config, loaded into model/opt/sched."""
+    ckpt = latest_checkpoint(out_dir, fingerprint) if cfg.resume else None
+    if cfg.resume and ckpt is None and latest_checkpoint(out_dir) is not None and acc.is_main_process:
+        print(
+            f"not resuming: the checkpoints in {Path(out_dir) / 'checkpoints'} were written by a different "
+            "config or data; training from step 0",
+            file=sys.stderr,
+        )
+    if ckpt is None:
+        return 0, None
+    start = load_checkpoint(ckpt, model, opt, sched)["step"]
+    if acc.is_main_process:
+        print(f"resuming from {ckpt} (step {start}/{total})", file=sys.stderr)
+    return start, ckpt
+
+
+def _accumulate(acc, wrapped, step_fn: StepFn, mine: list, micro: int, step: int, last_good: str | None):
+    """Forward/backward every micro-batch of ``mine``; gradients sync on the last one only.
+
+    Returns the per-rank metric means (``loss`` included), each micro-batch weighted by its pairs."""
+    chunks = [mine[i : i + micro] for i in range(0, len(mine), micro)]
+    sums: dict[str, float] = {}
+    for j, chunk in enumerate(chunks):
+        sync = contextlib.nullcontext() if j == len(chunks) - 1 else acc.no_sync(wrapped)
+        with sync:
+            loss, m = step_fn(wrapped, chunk)
+            if not torch.isfinite(loss.detach()).all():
+                raise TrainingDiverged(
+                    f"loss is {loss.item()} at step {step}; last good checkpoint: "
+                    f"{last_good or 'none (no checkpoint saved yet)'}. Lower train.lr, use "
+                    "train.precision=fp32, or check the data of this batch"
+                )
+            acc.backward(loss * (len(chunk) / len(mine)))
+        m["loss"] = loss.detach()
+        for k, v in m.items():
+            sums[k] = sums.get(k, 0.0) + float(v) * len(chunk) / len(mine)
+    return sums
+
+
+def _optimizer_step(acc, model, opt, sched, cfg: TrainConfig) -> tuple[Any, float]:
+    """Clip, step the optimizer and scheduler, zero the gradients; returns ``(grad_norm, lr used)``."""
+    grad_norm = acc.clip_grad_norm_(
+        [p for p in model.parameters() if p.requires_grad], cfg.max_grad_norm or float("inf")
+    )
+    lr = sched.get_last_lr()[0]
+    opt.step()
+    sched.step()
+    opt.zero_grad(set_to_none=True)
+    return grad_norm, lr
+
+
+def _step_metrics(
+    acc, sums: dict[str, float], mine: list, tokens_of: Callable[[list], int], grad_norm: float, lr: float,
+    dt: float, epoch: float,
+) -> dict[str, Any]:  # fmt: skip
+    """The step's logged metrics: cross-rank means of ``sums`` plus throughput, memory and schedule."""
+    metrics = _reduce(acc, sums, float(len(mine)))
+    tok = _reduce_sum(acc, float(tokens_of(mine)))
+    metrics.update(
+        grad_norm=grad_norm, lr=lr, step_seconds=dt, tokens_per_s=tok / dt,
+        peak_memory_mb=peak_memory_mb(acc.device), world_size=acc.num_processes, epoch=epoch,
+    )  # fmt: skip
+    return metrics
+
+
+def _oom_error(step: int, e: BaseException) -> MemoryError:
+    return MemoryError(
+        f"out of memory at step {step} ({e}); lower train.micro_batch_size, train.max_length or "
+        "train.max_tokens_per_row, set train.gradient_checkpointing=true, or use lora.quantize=nf4"
+    )
+
+
 def run_loop(
     acc, model, wrapped, train: list, cfg: TrainConfig, out_dir: Path, step_fn: StepFn, run_name: str,
     config_dict: dict, tokens_of: Callable[[list], int], lineage: dict | None = None,
@@ -173,19 +246,8 @@ def run_loop(
         raise ValueError(f"train.batch_size={cfg.batch_size} must be divisible by the world size {world}")
     total = total_steps(cfg, len(train))
     opt, sched = _optimizer(model, cfg, total)
-    start = 0
     fingerprint = config_fingerprint(config_dict, lineage)
-    ckpt = latest_checkpoint(out_dir, fingerprint) if cfg.resume else None
-    if cfg.resume and ckpt is None and latest_checkpoint(out_dir) is not None and acc.is_main_process:
-        print(
-            f"not resuming: the checkpoints in {Path(out_dir) / 'checkpoints'} were written by a different "
-            "config or data; training from step 0",
-            file=sys.stderr,
-        )
-    if ckpt is not None:
-        start = load_checkpoint(ckpt, model, opt, sched)["step"]
-        if acc.is_main_process:
-            print(f"resuming from {ckpt} (step {start}/{total})", file=sys.stderr)
+    start, ckpt = _resume_point(acc, cfg, out_dir, fingerprint, model, opt, sched, total)
     tracker = Tracker(out_dir, cfg.tracking, run_name, config_dict, enabled=acc.is_main_process)
     tracker.truncate(start)
     last_good = str(ckpt) if ckpt else None
@@ -202,39 +264,14 @@ def run_loop(
             t0 = time.perf_counter()
             idx = batch_indices(len(train), cfg.batch_size, cfg.seed, step - 1, cfg.shuffle)
             mine = [train[i] for i in idx[rank * per_rank : (rank + 1) * per_rank]]
-            chunks = [mine[i : i + micro] for i in range(0, len(mine), micro)]
             begin = getattr(step_fn, "begin_step", None)
             if begin is not None:  # step-level context (e.g. token counts over the global batch)
                 begin(mine, world, lambda v: _reduce_sum(acc, v))
-            sums: dict[str, float] = {}
-            for j, chunk in enumerate(chunks):
-                sync = contextlib.nullcontext() if j == len(chunks) - 1 else acc.no_sync(wrapped)
-                with sync:
-                    loss, m = step_fn(wrapped, chunk)
-                    if not torch.isfinite(loss.detach()).all():
-                        raise TrainingDiverged(
-                            f"loss is {loss.item()} at step {step}; last good checkpoint: "
-                            f"{last_good or 'none (no checkpoint saved yet)'}. Lower train.lr, use "
-                            "train.precision=fp32, or check the data of this batch"
-                        )
-                    acc.backward(loss * (len(chunk) / len(mine)))
-                m["loss"] = loss.detach()
-                for k, v in m.items():
-                    sums[k] = sums.get(k, 0.0) + float(v) * len(chunk) / len(mine)
-            grad_norm = acc.clip_grad_norm_(
-                [p for p in model.parameters() if p.requires_grad], cfg.max_grad_norm or float("inf")
-            )
-            lr = sched.get_last_lr()[0]
-            opt.step()
-            sched.step()
-            opt.zero_grad(set_to_none=True)
+            sums = _accumulate(acc, wrapped, step_fn, mine, micro, step, last_good)
+            grad_norm, lr = _optimizer_step(acc, model, opt, sched, cfg)
             dt = time.perf_counter() - t0
-            metrics = _reduce(acc, sums, float(len(mine)))
-            tok = _reduce_sum(acc, float(tokens_of(mine)))
-            metrics.update(
-                grad_norm=float(grad_norm), lr=lr, step_seconds=dt, tokens_per_s=tok / dt,
-                peak_memory_mb=peak_memory_mb(acc.device), world_size=world, epoch=(step - 1) * cfg.batch_size / len(train),
-            )  # fmt: skip
+            epoch = (step - 1) * cfg.batch_size / len(train)
+            metrics = _step_metrics(acc, sums, mine, tokens_of, float(grad_norm), lr, dt, epoch)
             if step % cfg.log_every == 0 or step == total:
                 tracker.log(step, metrics)
             bar.update(1)
@@ -249,10 +286,7 @@ def run_loop(
             if cfg.stop_after and step == cfg.stop_after:
                 return LoopResult(step, metrics, True, time.perf_counter() - t_run)
     except (torch.OutOfMemoryError, MemoryError) as e:
-        raise MemoryError(
-            f"out of memory at step {step} ({e}); lower train.micro_batch_size, train.max_length or "
-            "train.max_tokens_per_row, set train.gradient_checkpointing=true, or use lora.quantize=nf4"
-        ) from None
+        raise _oom_error(step, e) from None
     finally:
         bar.close()
         tracker.close()

@@ -20,7 +20,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from onbrand.runs import sha256_json
+from onbrand.artifacts import sha256_json
 
 FORMAT = "onbrand-ref-logps-v1"
 

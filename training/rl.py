@@ -9,7 +9,7 @@ Run::
 One optimizer step, for P prompts x G completions each (``rollout.num_generations``)::
 
     y_ij ~ pi(. | x_i)                                   rollouts (live policy, transformers engine)
-    R_ij = sum_k w_k r_k(x_i, y_ij)                      training/rewards.py, each r_k logged
+    R_ij = sum_k w_k r_k(x_i, y_ij)                      training/rl_rewards.py, each r_k logged
     kl_ij = sum_t log pi(y_ijt | .) - log ref(y_ijt | .)  ref = the policy with its LoRA disabled
     kl_mode=reward: R_ij <- R_ij - beta * kl_ij           (the RLOO/PPO-style KL-shaped reward)
     A_ij = (R_ij - mean_j R_ij) / std_j R_ij              GRPO;  RLOO: G/(G-1) (R_ij - mean_j R_ij)
@@ -40,7 +40,7 @@ from typing import Any, Literal
 import torch
 
 from onbrand.config import check_range, load_config, to_dict
-from onbrand.eval.engines.hf import HFEngine
+from onbrand.engines.hf import HFEngine
 from onbrand.models import DEFAULT_MODEL
 from onbrand.training.batching import TokenizedPair, collate
 from onbrand.training.common import (
@@ -54,7 +54,7 @@ from onbrand.training.common import (
 from onbrand.training.goodhart import GoodhartConfig, GoodhartMonitor, GoodhartStop, diversity
 from onbrand.training.loop import TrainConfig, autocast
 from onbrand.training.lora import LoRAConfig
-from onbrand.training.rewards import RewardComposer, RewardTerm, Rollout, group_advantages
+from onbrand.training.rl_rewards import RewardComposer, RewardTerm, Rollout, group_advantages
 
 ADAPTER = "default"  # PEFT's name of the one trainable adapter
 
@@ -125,7 +125,7 @@ class RLPrompt:
 def load_prompts(cfg: RLConfig, tok, system_prompt: str | None, card) -> tuple[list[RLPrompt], dict]:
     """Prompts of the snapshot's ``data.train_split`` (chosen/rejected are not used). Errors name the row."""
     from onbrand.data.snapshot import load_snapshot
-    from onbrand.eval.engines.base import render_prompt
+    from onbrand.engines.base import render_prompt
     from onbrand.training.batching import with_system
 
     dd, manifest = load_snapshot(cfg.data.snapshot)
@@ -180,7 +180,7 @@ class LivePolicyEngine(HFEngine):
     """
 
     def __init__(self, peft_model, tokenizer, batch_size: int = 16):
-        from onbrand.eval.engines.base import stop_token_ids
+        from onbrand.engines.base import stop_token_ids
 
         self.adapters = {ADAPTER: "<live policy>"}
         self.model = peft_model
@@ -193,7 +193,7 @@ class LivePolicyEngine(HFEngine):
 
 def rollout(engine: LivePolicyEngine, prompts: list[RLPrompt], cfg: RLConfig, seed: int):
     """G samples per prompt -> (P*G) completions, prompt-major: (token ids incl. stop, text, finish)."""
-    from onbrand.eval.engines.base import Request, Sampling
+    from onbrand.engines.base import Request, Sampling
 
     r = cfg.rollout
     sampling = Sampling(r.max_new_tokens, r.temperature, r.top_p, n=r.num_generations, seed=seed)
@@ -329,9 +329,9 @@ def main(argv: list[str] | None = None) -> int:
 
 def _setup(cfg: RLConfig, acc):
     """Tokenizer, prompts, run.json, policy. Returns what :func:`train` needs."""
+    from onbrand.lineage import init_run_dir, tokenizer_record
     from onbrand.models import load_tokenizer, model_hash
     from onbrand.training.lora import build_policy
-    from onbrand.training.rundir import init_run_dir, tokenizer_record
 
     parent, parent_adapter = parent_of(cfg.init_from)
     base_name = parent["base_model"] if parent else cfg.model
@@ -407,7 +407,7 @@ def train(cfg: RLConfig) -> int:
 def _ckpt_step(ckpt) -> int:
     if ckpt is None:
         return 0
-    from onbrand.runs import read_json
+    from onbrand.artifacts import read_json
 
     return int(read_json(Path(ckpt) / "state.json")["step"])
 
@@ -434,8 +434,8 @@ def finish(out: Path, peft_model, parent_adapter, result, state, stopped, monito
     parent's exactly like DPO does with SFT) and the run's final record."""
     import shutil
 
-    from onbrand.runs import atomic_dir
-    from onbrand.training.rundir import update_run
+    from onbrand.artifacts import atomic_dir
+    from onbrand.lineage import update_run
 
     save_adapter(peft_model, out / "stage_adapter")
     if parent_adapter is not None:

@@ -18,6 +18,10 @@ JSON_FORMATS = {
     "trl": trl,
     "standard": standard,
 }
+# CSV/TSV files are a container, not a row shape: their rows are read as the ``standard`` format.
+CONTAINER_FORMATS = ("csv",)
+# Every value ``format:`` / ``--format`` accepts (the one list; ``auto`` detects per row or file).
+FORMATS = ("auto", *JSON_FORMATS, *CONTAINER_FORMATS)
 
 
 def detect_format(obj: Any) -> str | None:

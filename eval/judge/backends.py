@@ -229,7 +229,7 @@ class EngineBackend:
         return {"backend": self.kind, "model": str(self.cfg.model), "path": str(self.path)}
 
     def complete(self, chats: list[list[dict]], usage: Usage) -> list[Reply]:
-        from onbrand.eval.engines import Request, Sampling, get_engine
+        from onbrand.engines import Request, Sampling, get_engine
 
         if not chats:
             return []

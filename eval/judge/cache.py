@@ -14,8 +14,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from onbrand.artifacts import sha256_json
 from onbrand.eval.judge.rubric import RUBRIC_VERSION
-from onbrand.runs import sha256_json
 
 
 def verdict_key(identity: dict[str, Any], messages: list[dict[str, str]], output: str, max_tokens: int,

@@ -21,12 +21,12 @@ from typing import Any
 
 import numpy as np
 
+from onbrand.artifacts import sha256_json
 from onbrand.eval.judge.backends import JudgeSetupError, Reply, Usage, make_backend
 from onbrand.eval.judge.cache import VerdictCache, default_path, verdict_key
 from onbrand.eval.judge.rubric import RUBRIC_VERSION, judge_messages, parse_verdict, render_rubric
 from onbrand.eval.metrics.agreement import SCORE, agreement, labels_from_scores
-from onbrand.eval.metrics.stats import mean_ci
-from onbrand.runs import sha256_json
+from onbrand.stats.ci import mean_ci
 
 SELF_JUDGED = "self-judged"
 # Verdict in each order -> label. Order 0 shows aligned as A, order 1 shows base as A.

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from onbrand.eval.metrics.stats import mean_ci
+from onbrand.stats.ci import mean_ci
 
 
 def _rule_kinds(card) -> dict[str, str]:

@@ -2,7 +2,7 @@
 judge with the reward model): accuracy and Cohen's kappa over items, with bootstrap CIs.
 
 Labels are ``"aligned" | "base" | "tie"`` per item (``None`` = that judge has no label for the
-item: it is left out). Kappa is :func:`onbrand.annotate.agreement.cohen_kappa` (the same formula
+item: it is left out). Kappa is :func:`onbrand.stats.agreement.cohen_kappa` (the same formula
 the annotation app reports between annotators); a bootstrap resample where kappa is undefined (one
 category only) is skipped.
 """
@@ -14,8 +14,8 @@ from typing import Any
 
 import numpy as np
 
-from onbrand.annotate.agreement import cohen_kappa
-from onbrand.eval.metrics.stats import mean_ci
+from onbrand.stats.agreement import cohen_kappa
+from onbrand.stats.ci import mean_ci
 
 LABELS = ("aligned", "base", "tie")
 # The automatic judges a human round compares with people: key (in report.metrics.human.judges and

@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from onbrand.eval.metrics.stats import mean_ci
+from onbrand.stats.ci import mean_ci
 
 
 def rule_table(card, texts: list[str], channels: list[str | None]) -> tuple[dict[str, dict], np.ndarray]:

@@ -9,36 +9,12 @@ The KL(aligned || base) estimate needs log-probs and lives in ``logprobs.py``.
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
 import numpy as np
 
-from onbrand.eval.metrics.stats import mean_ci
-
-_WORD = re.compile(r"\w+|[^\w\s]")
-
-
-def words(text: str) -> list[str]:
-    return _WORD.findall(text.lower())
-
-
-def distinct_n(texts: list[str], n: int = 2) -> float:
-    grams = [tuple(w[i : i + n]) for t in texts for w in [words(t)] for i in range(len(w) - n + 1)]
-    return len(set(grams)) / len(grams) if grams else 0.0
-
-
-def repetition_rate(text: str, n: int = 4) -> float:
-    w = words(text)
-    grams = [tuple(w[i : i + n]) for i in range(len(w) - n + 1)]
-    if not grams:
-        return 0.0
-    seen: set[tuple[str, ...]] = set()
-    repeats = 0
-    for g in grams:
-        repeats += g in seen
-        seen.add(g)
-    return repeats / len(grams)
+from onbrand.stats.ci import mean_ci
+from onbrand.stats.text import distinct_n, repetition_rate
 
 
 def length_stats(token_counts) -> dict[str, Any]:

@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from onbrand.eval.metrics.stats import bootstrap, mean_ci
+from onbrand.stats.ci import bootstrap, mean_ci
 
 # (prompt ids, response ids) -> per-token log-probs of each response, float64 arrays.
 LogProbFn = Callable[[Sequence[list[int]], Sequence[list[int]]], list[np.ndarray]]

@@ -17,7 +17,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from onbrand.eval.metrics.stats import bootstrap, mean_ci
+from onbrand.stats.ci import bootstrap, mean_ci
 
 
 class Scorer(Protocol):

@@ -7,7 +7,7 @@ import random
 
 import pytest
 
-from onbrand.annotate.agreement import agreement_report, cohen_kappa, krippendorff_alpha
+from onbrand.stats.agreement import agreement_report, cohen_kappa, krippendorff_alpha
 
 
 def test_cohen_kappa_hand_computed():

@@ -279,7 +279,7 @@ def _good_side(item):
 
 
 def test_export_records_and_stats(env, tmp_path):
-    from onbrand.annotate.export import export_records
+    from onbrand.annotate.pooling import export_records
 
     # alice picks the good answer and rewrites it; bob calls everything a tie.
     _judge_all(env, "alice", lambda it: (_good_side(it), "Yes: Dawn brightens over 30 minutes."))

@@ -68,7 +68,7 @@ def test_service_on_postgresql(pg_url, brand_facts, pairs):
     from onbrand.annotate import service
     from onbrand.annotate.app import create_app
     from onbrand.annotate.db import open_db
-    from onbrand.annotate.export import export_records
+    from onbrand.annotate.pooling import export_records
 
     app = create_app(pg_url, [brand_facts])
     sessions = open_db(pg_url)

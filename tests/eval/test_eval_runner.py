@@ -136,7 +136,7 @@ def test_bad_prompt_file_names_line(tmp_path, run_dir):
 
 
 def test_real_minilm_voice_similarity():
-    from onbrand.eval.metrics.voice import load_embedder, similarities
+    from onbrand.embedder import load_embedder, similarities
 
     emb = load_embedder()
     ex = ["Thanks for asking. The Dawn lamp brightens gently over thirty minutes before your alarm."]
@@ -145,7 +145,7 @@ def test_real_minilm_voice_similarity():
 
 
 def test_flatten_samples_pairs_sample_j_with_sample_j():
-    from onbrand.eval.engines import Generation
+    from onbrand.engines import Generation
     from onbrand.eval.inputs import PromptSet
     from onbrand.eval.runner import flatten_samples
 

@@ -8,8 +8,9 @@ import shutil
 import pytest
 import torch
 
-from onbrand.export import export_run, is_quantized
-from onbrand.export_verify import verify_export
+from onbrand.export.checkpoint import export_run
+from onbrand.export.common import is_quantized
+from onbrand.export.verify import verify_export
 
 
 def _logits(model, batch):
@@ -187,7 +188,7 @@ def test_card_counts_from_snapshot_manifest(runs, tiny_model_dir, kit, tmp_path)
 
 def test_export_is_served_with_the_sampling_the_eval_measured(runs, tmp_path):
     """generation_config.json carries the eval's decoding; the manifest records it and the gate."""
-    from onbrand.export import serving_sampling
+    from onbrand.export.checkpoint import serving_sampling
 
     root = tmp_path / "r"
     shutil.copytree(runs["sft"], root / "sft")

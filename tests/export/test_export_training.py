@@ -8,7 +8,7 @@ import torch
 
 lora_mod = pytest.importorskip("onbrand.training.lora")
 common = pytest.importorskip("onbrand.training.common")
-rundir = pytest.importorskip("onbrand.training.rundir")
+rundir = pytest.importorskip("onbrand.lineage")
 
 
 def _randomize(peft_model, seed):
@@ -31,8 +31,8 @@ def _run(out, kind, cfg, base, tok, parent=None):
 
 def test_sft_then_dpo_from_training_code(tiny_model_dir, tokenizer, prompt_batch, kit, tmp_path):
     from onbrand.adapters import concat_lora_adapters
-    from onbrand.export import export_run
-    from onbrand.export_verify import verify_export
+    from onbrand.export.checkpoint import export_run
+    from onbrand.export.verify import verify_export
 
     sft_cfg = lora_mod.LoRAConfig(r=4, alpha=8, layers=1)
     dpo_cfg = lora_mod.LoRAConfig(r=2, alpha=8, target_modules=["q_proj", "down_proj"])

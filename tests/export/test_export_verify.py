@@ -13,8 +13,8 @@ import time
 import pytest
 
 from onbrand.cli import main as cli
-from onbrand.export import export_run
-from onbrand.export_verify import verify_export
+from onbrand.export.checkpoint import export_run
+from onbrand.export.verify import verify_export
 
 
 @pytest.fixture(scope="module")
@@ -63,7 +63,7 @@ def test_tampered_weights_with_fixed_checksums_fail_parity(merged_export, tmp_pa
     import torch
     from safetensors.torch import load_file, save_file
 
-    from onbrand.runs import hash_tree
+    from onbrand.artifacts import hash_tree
 
     root = _copy(merged_export, tmp_path)
     tensors = load_file(root / "model.safetensors")
@@ -115,7 +115,7 @@ def test_dotdot_rejected_by_cli(runs, capsys):
 
 
 def test_injected_failure_leaves_nothing(runs, tmp_path, monkeypatch):
-    import onbrand.export as ex
+    import onbrand.export.checkpoint as ex
 
     def boom(*args, **kwargs):
         raise RuntimeError("disk full (injected)")
@@ -130,7 +130,7 @@ def test_sigkill_mid_export_leaves_no_complete_output(runs, tmp_path):
     """Kill -9 while the weights are written but before the manifest: only a hidden temp dir stays."""
     out = tmp_path / "killed"
     child = (
-        "import sys, time, onbrand.export as ex\n"
+        "import sys, time, onbrand.export.checkpoint as ex\n"
         "def slow(*a, **k):\n"
         "    print('WRITING', flush=True); time.sleep(600)\n"
         "ex._write_manifest = slow\n"

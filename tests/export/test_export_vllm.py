@@ -23,8 +23,8 @@ def vllm_base(eval_tiny_dir):
 @pytest.fixture(scope="module")
 def verified(vllm_base, kit, tmp_path_factory):
     """An export (merged + adapter) of a run on the tiny base, verified with vLLM offline."""
-    from onbrand.export import export_run
-    from onbrand.export_verify import verify_export
+    from onbrand.export.checkpoint import export_run
+    from onbrand.export.verify import verify_export
 
     tmp = tmp_path_factory.mktemp("served-export")
     adapter = kit.save_random_lora(
@@ -56,7 +56,7 @@ def test_vllm_serve_answers_like_the_offline_engine(verified, vllm_base):
 
     from openai import OpenAI
 
-    from onbrand.eval.engines.server import VLLMServer
+    from onbrand.engines.server import VLLMServer
 
     out, report = verified
     manifest = json.loads((out / "manifest.json").read_text())

@@ -84,9 +84,9 @@ def rl_snapshot(tmp_path_factory) -> Path:
 
     from datasets import Dataset
 
+    from onbrand.artifacts import sha256_json
     from onbrand.data.records import SCHEMA_VERSION
     from onbrand.data.snapshot import features
-    from onbrand.runs import sha256_json
 
     out = tmp_path_factory.mktemp("rl-snapshot")
     splits = {"train": rl_records(8), "dev": rl_records(4, offset=100)}

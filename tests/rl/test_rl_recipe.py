@@ -69,7 +69,7 @@ def test_rl_init_from_parent_gives_one_lora_on_the_base(rl_args, bang_model_dir,
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
-    from onbrand.runs import atomic_write_json
+    from onbrand.artifacts import atomic_write_json
 
     parent = tmp_path / "parent"
     base = AutoModelForCausalLM.from_pretrained(bang_model_dir)

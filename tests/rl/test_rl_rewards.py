@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from onbrand.training.rewards import RewardComposer, RewardTerm, Rollout, group_advantages
 from onbrand.training.rl import RLAlgo, pack_group, policy_loss
+from onbrand.training.rl_rewards import RewardComposer, RewardTerm, Rollout, group_advantages
 
 
 def _rollouts(texts, channel="product_question"):
@@ -37,8 +37,6 @@ def test_rl_composed_reward_weights_and_rule_score(rl_brand):
 
 def test_rl_reward_model_component_uses_the_scorer(monkeypatch):
     """The reward-model term calls RewardScorer(run).score(prompt (no system) + assistant)."""
-    import sys
-    import types
 
     seen = {}
 
@@ -50,9 +48,9 @@ def test_rl_reward_model_component_uses_the_scorer(monkeypatch):
             seen["convs"] = convs
             return [float(len(c[-1]["content"])) for c in convs]
 
-    fake = types.ModuleType("onbrand.training.reward")
-    fake.RewardScorer = FakeScorer
-    monkeypatch.setitem(sys.modules, "onbrand.training.reward", fake)
+    from onbrand.training import rl_rewards
+
+    monkeypatch.setattr(rl_rewards, "load_scorer", FakeScorer)
     rolls = [Rollout([{"role": "system", "content": "S"}, {"role": "user", "content": "q"}], "abc", 1)]
     total, parts = RewardComposer([RewardTerm(kind="reward_model", run="runs/x", weight=0.5)]).score(rolls)
     assert seen["run"] == "runs/x"

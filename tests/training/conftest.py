@@ -63,9 +63,9 @@ def toy_records(n: int, offset: int = 0) -> list[dict]:
 def write_snapshot(out: Path, n_train: int = 16, n_test: int = 8) -> Path:
     from datasets import Dataset
 
+    from onbrand.artifacts import sha256_json
     from onbrand.data.records import SCHEMA_VERSION
     from onbrand.data.snapshot import features
-    from onbrand.runs import sha256_json
 
     out.mkdir(parents=True, exist_ok=True)
     # dev is what the recipes' held-out metrics read; test stays for the final eval only

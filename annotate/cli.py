@@ -20,6 +20,9 @@ import json
 import os
 import sys
 
+from onbrand.config import load_config
+from onbrand.engines.options import EngineOptions
+
 DEFAULT_DB = "sqlite:///annotations.db"
 
 
@@ -114,6 +117,7 @@ def cmd_queue(args) -> int:
                 max_new_tokens=args.max_new_tokens,
                 temperature=args.temperature,
                 seed=args.seed,
+                options=load_config(EngineOptions, None, args.engine_option),
             )
         counts = service.add_tasks(s, project, items)
         out = {**gen_stats, **counts}
@@ -132,7 +136,7 @@ def cmd_assign(args) -> int:
 
 
 def cmd_stats(args) -> int:
-    from onbrand.annotate.export import project_stats
+    from onbrand.annotate.pooling import project_stats
 
     with _sessions(args) as s:
         st = project_stats(s, _project(s, args.project))
@@ -152,7 +156,7 @@ def cmd_stats(args) -> int:
 
 
 def cmd_export(args) -> int:
-    from onbrand.annotate.export import export_records, write_jsonl
+    from onbrand.annotate.pooling import export_records, write_jsonl
 
     with _sessions(args) as s:
         records, counts = export_records(s, _project(s, args.project))
@@ -218,6 +222,8 @@ def _register_admin(asub) -> None:
     sp.add_argument("--brand", help="brand card for the system prompt (default: the project's card)")
     sp.add_argument("--n", type=int, default=2, help="samples per prompt (paired: even, >= 2)")
     sp.add_argument("--engine", default="auto", choices=["auto", "vllm", "hf"])
+    sp.add_argument("--engine-option", action="append", default=[], metavar="KEY=VALUE",
+                    help="vLLM engine option (onbrand.engines.options.EngineOptions), e.g. dtype=bfloat16")  # fmt: skip
     sp.add_argument("--max-new-tokens", type=int, default=128)
     sp.add_argument("--temperature", type=float, default=0.9)
     sp.add_argument("--seed", type=int, default=0)

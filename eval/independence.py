@@ -17,49 +17,17 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from onbrand.runs import read_json
+from onbrand.lineage import Run, run_chain
 
-MAX_DEPTH = 16  # parent_run links followed at most (a cycle stops earlier)
 JUDGE_SAW_TRAINING = "judge saw training data"
 
 
-def _run_dir(ref: str | Path, child: Path | None) -> Path | None:
-    """The run dir ``ref`` names: as written (relative to the working directory), else a sibling
-    of ``child`` with the same name (runs moved together); an ``.../adapter`` path means its run."""
-    ref = Path(ref)
-    cands = [ref] + ([child.parent / ref.name] if child is not None else [])
-    for cand in cands:
-        for d in (cand, cand.parent if cand.name == "adapter" else None):
-            if d is not None and (d / "run.json").exists():
-                return d
-    return None
-
-
-def run_chain(run_dir: str | Path) -> tuple[list[tuple[Path, dict[str, Any]]], list[str]]:
-    """``([(dir, run.json), ...] from the run up its parent_run links, [parents not found])``."""
-    chain: list[tuple[Path, dict[str, Any]]] = []
-    missing: list[str] = []
-    cur: Path | None = _run_dir(run_dir, None)
-    if cur is None:
-        return [], [str(run_dir)]
-    seen: set[Path] = set()
-    while cur is not None and cur.resolve() not in seen and len(chain) < MAX_DEPTH:
-        seen.add(cur.resolve())
-        run = read_json(cur / "run.json")
-        chain.append((cur, run))
-        parent = run.get("parent_run")
-        nxt = _run_dir(parent, cur) if parent else None
-        if parent and nxt is None:
-            missing.append(str(parent))
-        cur = nxt
-    return chain, missing
-
-
-def _records(chain) -> tuple[set[str], list[str], list[str]]:
+def _records(chain: list[Run]) -> tuple[set[str], list[str], list[str]]:
     """(record ids, run descriptions, runs without a ``data`` record)."""
     ids: set[str] = set()
     runs, unknown = [], []
-    for path, run in chain:
+    for stage in chain:
+        path, run = stage.dir, stage.run
         data = run.get("data")
         if not isinstance(data, dict) or not isinstance(data.get("record_ids"), list):
             unknown.append(str(path))

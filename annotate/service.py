@@ -28,8 +28,8 @@ from onbrand.annotate.db import (
     hash_token,
     new_token,
 )
+from onbrand.artifacts import sha256_file, sha256_json
 from onbrand.config import check_range
-from onbrand.runs import sha256_file, sha256_json
 
 MAX_TEXT = 20_000  # characters of a rewrite / candidate shown to annotators
 MAX_TAGS = 32

@@ -15,4 +15,4 @@ class GroupedLoRACpuPlatform(CpuPlatform):
 
     @classmethod
     def get_punica_wrapper(cls) -> str:
-        return "onbrand.eval.engines.vllm_cpu_lora.GroupedPunicaWrapperCPU"
+        return "onbrand.engines.vllm_cpu_lora.GroupedPunicaWrapperCPU"

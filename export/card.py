@@ -12,7 +12,8 @@ from typing import Any
 
 import yaml
 
-from onbrand.runs import read_json
+from onbrand.artifacts import read_json
+from onbrand.lineage import Run
 
 
 def _find_snapshot_dir(cfg: Any) -> Path | None:
@@ -33,13 +34,13 @@ def _find_snapshot_dir(cfg: Any) -> Path | None:
     return None
 
 
-def snapshot_counts(lineage: list[dict[str, Any]]) -> dict[str, Any] | None:
+def snapshot_counts(lineage: list[Run]) -> dict[str, Any] | None:
     """Counts per split/channel from the last stage's snapshot manifest (run.json, else config)."""
     for stage in reversed(lineage):
-        run = stage["run"]
+        run = stage.run
         if isinstance(run.get("snapshot_counts"), dict):
             return run["snapshot_counts"]
-        snap = _find_snapshot_dir(stage["config"])
+        snap = _find_snapshot_dir(stage.config)
         if snap is not None:
             manifest = read_json(snap / "manifest.json")
             if run.get("snapshot_id") in (None, manifest.get("snapshot_id")):
@@ -119,7 +120,7 @@ def brand_name(brand: dict[str, Any]) -> str:
     return path.stem
 
 
-def model_card(manifest: dict[str, Any], lineage: list[dict[str, Any]], report: dict | None) -> str:
+def model_card(manifest: dict[str, Any], lineage: list[Run], report: dict | None) -> str:
     brand = manifest.get("brand") or {}
     name = brand_name(brand)
     base = manifest["base_model"]
@@ -149,8 +150,8 @@ def model_card(manifest: dict[str, Any], lineage: list[dict[str, Any]], report: 
         "## Training\n",
     ]
     for stage in lineage:
-        parts.append(f"### {stage['run']['kind']} (`{stage['run']['run_id']}`)\n")
-        parts.append("```yaml\n" + yaml.safe_dump(stage["config"], sort_keys=False).strip() + "\n```\n")
+        parts.append(f"### {stage.run['kind']} (`{stage.run['run_id']}`)\n")
+        parts.append("```yaml\n" + yaml.safe_dump(stage.config, sort_keys=False).strip() + "\n```\n")
     parts += ["## Evaluation\n", eval_summary(report), "## Export checks\n"]
     if parity is not None:
         parts.append(

@@ -12,7 +12,7 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
-from onbrand.eval.engines.base import (
+from onbrand.engines.base import (
     Generation,
     Request,
     Sampling,

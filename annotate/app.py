@@ -20,7 +20,7 @@ from sqlalchemy.orm import Session
 
 from onbrand.annotate import pages, service
 from onbrand.annotate.db import Annotator, Project, open_db
-from onbrand.annotate.export import export_records, project_stats
+from onbrand.annotate.pooling import export_records, project_stats
 from onbrand.annotate.queue import parse_pair
 
 COOKIE = "onbrand_token"

@@ -22,8 +22,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from onbrand.export import EXPORT_KIND, MANIFEST, REFERENCE, max_abs_diff, reject_dotdot
-from onbrand.runs import read_json, sha256_file
+from onbrand.artifacts import read_json, sha256_file
+from onbrand.export.common import EXPORT_KIND, MANIFEST, REFERENCE, max_abs_diff, prompt_logits, reject_dotdot
+from onbrand.models import load_model, load_tokenizer, model_hash, resolve_model
 
 
 @dataclass
@@ -112,7 +113,6 @@ def _reference(root: Path, manifest: dict[str, Any]) -> tuple[list[dict], list[A
 
 
 def _tail_logits(model, prompts: list[dict], positions: int) -> list[Any]:
-    from onbrand.export import prompt_logits
 
     return [lg[-positions:] for lg in prompt_logits(model, prompts)]
 
@@ -160,9 +160,6 @@ def check_merged(root: Path, prompts, ref, report: VerifyReport):
 def check_adapter(root: Path, manifest, prompts, ref, report: VerifyReport, base: str | None, merged):
     """PEFT load on the expected base (hash checked) + parity; merged vs live base+adapter if both."""
     from peft import PeftModel
-
-    from onbrand.export import prompt_logits
-    from onbrand.models import load_model, load_tokenizer, model_hash, resolve_model
 
     expected = manifest["base_model"]
     base_dir = resolve_model(base or expected["name"])
@@ -234,7 +231,7 @@ def check_vllm(
     out = Path(tempfile.mkdtemp(prefix="onbrand-vllm-")) / "result.json"
     env = dict(os.environ)
     env.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
-    cmd = [sys.executable, "-m", "onbrand.export_vllm", str(root), "--json", str(out)]
+    cmd = [sys.executable, "-P", "-m", "onbrand.export.serve_check", str(root), "--json", str(out)]
     if base:
         cmd += ["--base", base]
     try:

@@ -26,7 +26,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from onbrand.eval.engines.vllm import adapter_rank, vllm_max_rank
+from onbrand.engines.options import EngineOptions, cli_flags
 
 
 def free_port() -> int:
@@ -50,22 +50,22 @@ class VLLMServer:
     def __init__(self, model: str | os.PathLike, served_name: str | None = None,
                  lora_modules: dict[str, str | os.PathLike] | None = None,
                  max_model_len: int = 1024, kv_cache_gib: float = 1.0, extra_args: list[str] | None = None,
+                 options: EngineOptions | None = None,
                  log_path: str | os.PathLike | None = None, startup_timeout: float = 600.0):  # fmt: skip
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}/v1"
+        if options is None:  # CPU: the CPU defaults; GPU: vLLM's own dtype, CUDA graphs
+            cpu = _on_cpu()
+            options = EngineOptions(max_model_len=max_model_len, kv_cache_gib=kv_cache_gib,
+                                    dtype="float32" if cpu else "auto", enforce_eager=cpu)  # fmt: skip
         cmd = [sys.executable, "-P", "-m", "vllm.entrypoints.openai.api_server", "--model", str(model),
-               "--host", "127.0.0.1", "--port", str(self.port), "--max-model-len", str(max_model_len), "--seed", "0"]  # fmt: skip
+               "--host", "127.0.0.1", "--port", str(self.port), "--seed", "0"]  # fmt: skip
         if served_name:
             cmd += ["--served-model-name", served_name]
-        if _on_cpu():
-            cmd += ["--dtype", "float32", "--enforce-eager"]
+        # max_loras >= adapters + 1 and the max rank from the adapters: EngineOptions.vllm_args.
+        cmd += cli_flags(options.vllm_args(lora_modules))
         if lora_modules:
-            # max_loras >= adapters + 1: with fewer slots, base requests batched beside LoRA ones got the
-            # adapter; the max rank is the adapters' own, rounded up to a rank vLLM accepts.
-            rank = vllm_max_rank(max(adapter_rank(p) for p in lora_modules.values()))
-            cmd += ["--enable-lora", "--max-loras", str(len(lora_modules) + 1), "--max-lora-rank", str(rank),
-                    "--lora-modules", *[f"{k}={v}" for k, v in lora_modules.items()]]  # fmt: skip
-        cmd += ["--kv-cache-memory-bytes", str(int(kv_cache_gib * (1 << 30)))]
+            cmd += ["--lora-modules", *[f"{k}={v}" for k, v in lora_modules.items()]]
         self.cmd = cmd + list(extra_args or [])
         self.env = {**os.environ, "PYTHONSAFEPATH": "1"}
         self.env.pop("VLLM_CPU_KVCACHE_SPACE", None)  # it would win over the size above

@@ -1,4 +1,4 @@
-"""vLLM half of ``onbrand export verify`` (run as ``python -m onbrand.export_vllm DIR --json OUT``).
+"""vLLM half of ``onbrand export verify`` (run as ``python -m onbrand.export.serve_check DIR --json OUT``).
 
 A separate process: vLLM spawns workers (hence the ``__main__`` guard) and keeps its memory until
 exit. Loads the merged checkpoint as a model, and/or the base + the exported adapter as one LoRA
@@ -13,8 +13,12 @@ import json
 import sys
 from pathlib import Path
 
-# vLLM accepts only these LoRA ranks as max_lora_rank (vllm.config.lora.MaxLoRARanks).
-VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
+from onbrand.artifacts import atomic_write_json
+from onbrand.engines.options import EngineOptions
+from onbrand.models import resolve_model
+
+# The export check's engine: the CPU defaults with a short context (the parity prompts are short).
+OPTIONS = EngineOptions(max_model_len=1024, kv_cache_gib=None)
 
 
 def _generate(llm, prompts, max_tokens: int, lora=None) -> list[dict]:
@@ -25,10 +29,11 @@ def _generate(llm, prompts, max_tokens: int, lora=None) -> list[dict]:
     return [{"text": o.outputs[0].text, "token_ids": list(o.outputs[0].token_ids)} for o in outs]
 
 
-def _engine(model: str, **kwargs):
+def _engine(model: str, adapters: dict[str, str] | None = None):
     from vllm import LLM
 
-    return LLM(model=model, dtype="float32", enforce_eager=True, max_model_len=1024, seed=0, **kwargs)
+    # The KV cache comes from VLLM_CPU_KVCACHE_SPACE, which the caller sets.
+    return LLM(model=model, seed=0, **OPTIONS.vllm_args(adapters))
 
 
 def run(export_dir: Path, base: str | None, max_tokens: int) -> dict:
@@ -44,27 +49,21 @@ def run(export_dir: Path, base: str | None, max_tokens: int) -> dict:
     if manifest["format"] in ("adapter", "both"):
         from vllm.lora.request import LoRARequest
 
-        from onbrand.models import resolve_model
-
-        rank = json.loads((export_dir / "adapter" / "adapter_config.json").read_text())["r"]
-        max_rank = next(r for r in VLLM_LORA_RANKS if r >= rank)
         base_dir = resolve_model(base or manifest["base_model"]["name"])
-        # max_loras >= adapters + 1: with 1, base requests batched next to LoRA ones got the adapter.
-        llm = _engine(str(base_dir), enable_lora=True, max_loras=2, max_lora_rank=max_rank)
+        llm = _engine(str(base_dir), {"brand": str(export_dir / "adapter")})
         lora = LoRARequest("brand", 1, str(export_dir / "adapter"))
         parts.append({"part": "base+adapter", "generations": _generate(llm, prompts, max_tokens, lora)})
     return {"vllm_version": vllm.__version__, "max_tokens": max_tokens, "parts": parts}
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m onbrand.export_vllm", description=__doc__)
+    p = argparse.ArgumentParser(prog="python -m onbrand.export.serve_check", description=__doc__)
     p.add_argument("dir", type=Path)
     p.add_argument("--json", type=Path, required=True, help="where to write the result")
     p.add_argument("--base", help="local base model dir (adapter exports)")
     p.add_argument("--max-tokens", type=int, default=16)
     args = p.parse_args(argv)
     result = run(args.dir, args.base, args.max_tokens)
-    from onbrand.runs import atomic_write_json
 
     atomic_write_json(args.json, result)
     return 0

@@ -28,6 +28,7 @@ from typing import Any, Literal
 import numpy as np
 
 from onbrand.config import check_range
+from onbrand.scoring import load_scorer
 
 RewardKind = Literal["reward_model", "rules", "voice", "regex", "length"]
 
@@ -88,9 +89,7 @@ class RewardComposer:
 
     def _reward_model(self, term: RewardTerm, rollouts: list[Rollout]) -> np.ndarray:
         if term.run not in self._scorers:
-            from onbrand.training.reward import RewardScorer
-
-            self._scorers[term.run] = RewardScorer(term.run)
+            self._scorers[term.run] = load_scorer(term.run)
         # Conversations without the system turn: the reward run prepends the brand's own system
         # prompt (the one it was trained under), exactly as for its training records.
         convs = [
@@ -100,7 +99,7 @@ class RewardComposer:
         return np.asarray(self._scorers[term.run].score(convs), dtype=float)
 
     def _voice(self, rollouts: list[Rollout]) -> np.ndarray:
-        from onbrand.eval.metrics.voice import load_embedder, similarities
+        from onbrand.embedder import load_embedder, similarities
 
         texts = [r.text for r in rollouts]
         return similarities(load_embedder(), texts, [r.channel for r in rollouts], self.card.exemplars)

@@ -15,7 +15,7 @@ import os
 
 ENV = "ONBRAND_VLLM_LORA_OPS"
 CHOICES = ("grouped", "upstream")
-PLATFORM = "onbrand.eval.engines.vllm_cpu_platform.GroupedLoRACpuPlatform"
+PLATFORM = "onbrand.engines.vllm_cpu_platform.GroupedLoRACpuPlatform"
 
 
 def cpu_platform() -> str | None:

@@ -1,1 +1,0 @@
-"""onbrand.annotate: the annotation web app (FastAPI + server-rendered HTML)."""

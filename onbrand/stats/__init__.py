@@ -1,0 +1,1 @@
+"""Statistics shared by data, annotate, training and eval: bootstrap CIs, agreement, text statistics."""
