@@ -299,10 +299,6 @@ def submit(
     existing = s.scalar(select(Judgement).where(Judgement.assignment_id == asg.id))
     if existing is not None:
         return _replay(existing, submission_id, screen_choice, tags, rewrite)
-    choice = screen_choice
-    if screen_choice in ("left", "right"):
-        other = "b" if asg.left == "a" else "a"
-        choice = asg.left if screen_choice == "left" else other
     j = Judgement(
         assignment_id=asg.id,
         submission_id=submission_id,
@@ -310,7 +306,7 @@ def submit(
         annotator_id=ann.id,
         left=asg.left,
         screen_choice=screen_choice,
-        choice=choice,
+        choice=_candidate_choice(asg, screen_choice),
         reason_tags=tags,
         rewrite=rewrite,
     )
@@ -321,20 +317,43 @@ def submit(
     except IntegrityError:
         # A concurrent retry of the same item won the race: answer like a retry.
         s.rollback()
-        existing = s.scalar(select(Judgement).where(Judgement.assignment_id == asg.id))
-        if existing is not None:
-            return _replay(existing, submission_id, screen_choice, tags, rewrite)
-        used = s.scalar(
-            select(Judgement).where(
-                Judgement.annotator_id == ann.id, Judgement.submission_id == submission_id
-            )
-        )
-        if used is not None:
-            raise Conflict(
-                f"submission_id {submission_id!r} was already used for item {used.assignment_id}"
-            ) from None
+        replayed = _replay_race(s, ann, asg, submission_id, screen_choice, tags, rewrite)
+        if replayed is not None:
+            return replayed
         raise
     return j, True
+
+
+def _candidate_choice(asg: Assignment, screen_choice: str) -> str:
+    """The on-screen "left"/"right" as the candidate ("a"/"b") shown there; other choices unchanged."""
+    if screen_choice not in ("left", "right"):
+        return screen_choice
+    other = "b" if asg.left == "a" else "a"
+    return asg.left if screen_choice == "left" else other
+
+
+def _replay_race(
+    s: Session,
+    ann: Annotator,
+    asg: Assignment,
+    submission_id: str,
+    screen_choice: str,
+    tags: list[str],
+    rewrite,
+) -> tuple | None:
+    """After a lost insert race (rolled back): the winner's judgement as a retry would get it, a
+    :class:`Conflict` if ``submission_id`` was used for another item, else None (re-raise)."""
+    existing = s.scalar(select(Judgement).where(Judgement.assignment_id == asg.id))
+    if existing is not None:
+        return _replay(existing, submission_id, screen_choice, tags, rewrite)
+    used = s.scalar(
+        select(Judgement).where(Judgement.annotator_id == ann.id, Judgement.submission_id == submission_id)
+    )
+    if used is not None:
+        raise Conflict(
+            f"submission_id {submission_id!r} was already used for item {used.assignment_id}"
+        ) from None
+    return None
 
 
 def _replay(existing: Judgement, submission_id: str, screen_choice: str, tags: list[str], rewrite) -> tuple:

@@ -115,30 +115,9 @@ def plot_compliance(metrics: dict[str, Any], path: Path) -> bool:
     comp = metrics.get("compliance")
     if not comp or not comp["per_rule"]:
         return False
-    plt = _plt()
     rules = list(comp["per_rule"])
-    fig, ax = plt.subplots(figsize=(7, 0.45 * len(rules) + 1.5))
-    y = list(range(len(rules)))
-    for off, who, color in ((-0.2, "base", BASE_C), (0.2, "aligned", ALIGNED_C)):
-        vals = [comp["per_rule"][r][who] for r in rules]
-        err = [[v["value"] - v["low"] for v in vals], [v["high"] - v["value"] for v in vals]]
-        ax.barh(
-            [i + off for i in y],
-            [v["value"] for v in vals],
-            height=0.4,
-            xerr=err,
-            color=color,
-            label=who,
-            capsize=3,
-        )
-    ax.set_yticks(y, rules)
-    ax.set_xlim(0, 1.05)
-    ax.set_xlabel("pass rate (95% CI)")
-    ax.set_title("Brand compliance per rule", pad=24)
-    ax.legend(ncol=2, loc="lower center", bbox_to_anchor=(0.5, 1.0), frameon=False)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _paired_bars(path, rules, [comp["per_rule"][r] for r in rules], list(range(len(rules))), -0.2,
+                 xlabel="pass rate (95% CI)", title="Brand compliance per rule")  # fmt: skip
     return True
 
 
@@ -147,21 +126,29 @@ def plot_adversarial(metrics: dict[str, Any], path: Path) -> bool:
     adv = metrics.get("adversarial")
     if not adv or not adv["per_rule"]:
         return False
-    plt = _plt()
     rows = [(r, v) for r, v in adv["per_rule"].items()] + [("all rules", adv["overall"])]
+    _paired_bars(path, [r for r, _ in rows], [v for _, v in rows], list(range(len(rows)))[::-1], 0.2,
+                 xlabel="violation rate of the targeted rule (lower = better; 95% CI)",
+                 title=f"Adversarial prompts ({adv['n_prompts']}): does the model take the bait?")  # fmt: skip
+    return True
+
+
+def _paired_bars(path: Path, names: list[str], rows: list[dict], y: list[int], base_offset: float, *, xlabel: str,
+                 title: str) -> None:  # fmt: skip
+    """Base and aligned bars (95% CI whiskers) of each row at height ``y``, base at ``y + base_offset``
+    and aligned at ``y - base_offset``; rates on a 0..1 axis, legend above the plot."""
+    plt = _plt()
     fig, ax = plt.subplots(figsize=(7, 0.45 * len(rows) + 1.5))
-    y = list(range(len(rows)))[::-1]
-    for off, who, color in ((0.2, "base", BASE_C), (-0.2, "aligned", ALIGNED_C)):
-        vals = [v[who] for _, v in rows]
+    for off, who, color in ((base_offset, "base", BASE_C), (-base_offset, "aligned", ALIGNED_C)):
+        vals = [row[who] for row in rows]
         err = [[v["value"] - v["low"] for v in vals], [v["high"] - v["value"] for v in vals]]
         ax.barh([i + off for i in y], [v["value"] for v in vals], height=0.4, xerr=err, color=color,
                 label=who, capsize=3)  # fmt: skip
-    ax.set_yticks(y, [r for r, _ in rows])
+    ax.set_yticks(y, names)
     ax.set_xlim(0, 1.05)
-    ax.set_xlabel("violation rate of the targeted rule (lower = better; 95% CI)")
-    ax.set_title(f"Adversarial prompts ({adv['n_prompts']}): does the model take the bait?", pad=24)
+    ax.set_xlabel(xlabel)
+    ax.set_title(title, pad=24)
     ax.legend(ncol=2, loc="lower center", bbox_to_anchor=(0.5, 1.0), frameon=False)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
-    return True

@@ -92,6 +92,40 @@ def _pick_backend(backend: str, hidden: torch.Tensor) -> str:
     return "torch"
 
 
+def _compact_rows(hidden, targets, valid):
+    """Flatten to rows and drop the ignored ones: ``(hidden (M, H), targets (M,) long, all_valid)``."""
+    h2 = hidden.reshape(-1, hidden.shape[-1])
+    flat_valid = valid.reshape(-1)
+    all_valid = bool(flat_valid.all())
+    hv = h2 if all_valid else h2[flat_valid]
+    tv = targets.reshape(-1) if all_valid else targets.reshape(-1)[flat_valid]
+    return hv.contiguous(), tv.long().contiguous(), all_valid
+
+
+def _autograd_function(backend: str):
+    if backend == "triton":
+        from onbrand.kernels.triton.autograd import TritonLinearLogprobs
+
+        return TritonLinearLogprobs
+    return ChunkedLinearLogprobs
+
+
+def _expand_rows(outs, valid, shape, all_valid: bool, return_stats: bool):
+    """Compacted (M,) ``(logp, entropy, mean)`` -> the targets' ``shape``, 0 at ignored positions
+    (entropy and mean are None without ``return_stats``)."""
+    logp_v, ent_v, mean_v = outs
+    if all_valid:
+        logp = logp_v.view(shape)
+        ent = ent_v.view(shape) if return_stats else None
+        mean = mean_v.view(shape) if return_stats else None
+    else:
+        # masked_scatter keeps an all-masked batch connected to the graph (a differentiable zero).
+        logp = logp_v.new_zeros(shape).masked_scatter(valid, logp_v)
+        ent = ent_v.new_zeros(shape).masked_scatter(valid, ent_v) if return_stats else None
+        mean = mean_v.new_zeros(shape).masked_scatter(valid, mean_v) if return_stats else None
+    return logp, ent, mean
+
+
 def fused_linear_logprobs(
     hidden: torch.Tensor,
     weight: torch.Tensor,
@@ -130,34 +164,15 @@ def fused_linear_logprobs(
 
         out = reference_linear_logprobs(hidden, weight, targets, bias, ignore_index, temperature)
         return LogprobStats(*out) if return_stats else out[0]
-    h2 = hidden.reshape(-1, hidden.shape[-1])
-    flat_valid = valid.reshape(-1)
-    all_valid = bool(flat_valid.all())
-    hv = h2 if all_valid else h2[flat_valid]
-    tv = targets.reshape(-1) if all_valid else targets.reshape(-1)[flat_valid]
-    tv = tv.long().contiguous()
-    hv = hv.contiguous()
+    hv, tv, all_valid = _compact_rows(hidden, targets, valid)
     chunk = chunk_size or chunk_rows_for(weight.shape[0], hidden.dtype, memory_budget_mb, return_stats)
     if chunk < 1:
         raise ValueError(f"chunk_size={chunk_size}: must be >= 1")
-    if backend == "triton":
-        from onbrand.kernels.triton.autograd import TritonLinearLogprobs
-
-        fn = TritonLinearLogprobs
-    else:
-        fn = ChunkedLinearLogprobs
+    fn = _autograd_function(backend)
     hv, weight, bias = _autocast_inputs(hv, weight, bias)
     with torch.autocast(hv.device.type, enabled=False):  # the Function picks its own precisions
-        logp_v, ent_v, mean_v = fn.apply(hv, weight, bias, tv, 1.0 / temperature, int(chunk), return_stats)
-    if all_valid:
-        logp = logp_v.view(shape)
-        ent = ent_v.view(shape) if return_stats else None
-        mean = mean_v.view(shape) if return_stats else None
-    else:
-        # masked_scatter keeps an all-masked batch connected to the graph (a differentiable zero).
-        logp = logp_v.new_zeros(shape).masked_scatter(valid, logp_v)
-        ent = ent_v.new_zeros(shape).masked_scatter(valid, ent_v) if return_stats else None
-        mean = mean_v.new_zeros(shape).masked_scatter(valid, mean_v) if return_stats else None
+        outs = fn.apply(hv, weight, bias, tv, 1.0 / temperature, int(chunk), return_stats)
+    logp, ent, mean = _expand_rows(outs, valid, shape, all_valid, return_stats)
     return LogprobStats(logp, ent, mean) if return_stats else logp
 
 

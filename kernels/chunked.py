@@ -75,6 +75,33 @@ def _softmax_inplace(z: torch.Tensor, stats: bool, tmp: torch.Tensor | None):
     return lse, entropy, mean
 
 
+def plan_passes(ctx, bias, chunk: int, rows: int) -> tuple[bool, bool, int]:
+    """``(one_pass, need_w, rows per chunk)`` of a forward: one pass when only ``hidden`` needs a grad."""
+    need_h = ctx.needs_input_grad[0]
+    need_w = ctx.needs_input_grad[1] or (bias is not None and ctx.needs_input_grad[2])
+    return need_h and not need_w, need_w, max(1, min(chunk, rows))
+
+
+def stash_for_backward(
+    ctx, scale: float, chunk: int, one_pass: bool, gdir, recompute: tuple, stats_out: tuple
+):
+    """End of a forward: ``stats_out`` (entropy, mean) get no gradient; keep the one-pass gradient
+    direction ``gdir``, or ``recompute`` = (hidden, weight, bias, targets, lse) for the two-pass backward."""
+    ctx.mark_non_differentiable(*stats_out)
+    ctx.scale, ctx.chunk, ctx.one_pass, ctx.has_bias = scale, chunk, one_pass, recompute[2] is not None
+    if one_pass:
+        ctx.save_for_backward(gdir)
+    else:
+        ctx.save_for_backward(*recompute)
+
+
+def one_pass_backward(ctx, grad_logp):
+    """Backward of the frozen-head mode: ``grad_h = -s * g_n * G_n``; nothing else has a gradient."""
+    (gdir,) = ctx.saved_tensors
+    coef = (grad_logp * -ctx.scale).to(gdir.dtype).unsqueeze(1)
+    return gdir * coef, None, None, None, None, None, None
+
+
 class ChunkedLinearLogprobs(torch.autograd.Function):
     """autograd.Function over COMPACTED rows (every target valid).
 
@@ -84,12 +111,9 @@ class ChunkedLinearLogprobs(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, hidden, weight, bias, targets, scale, chunk, stats):
-        need_h = ctx.needs_input_grad[0]
-        need_w = ctx.needs_input_grad[1] or (bias is not None and ctx.needs_input_grad[2])
-        one_pass = need_h and not need_w
-        acc = torch.float64 if hidden.dtype == torch.float64 else torch.float32
         m, v = hidden.shape[0], weight.shape[0]
-        c = max(1, min(chunk, m))
+        one_pass, need_w, c = plan_passes(ctx, bias, chunk, m)
+        acc = torch.float64 if hidden.dtype == torch.float64 else torch.float32
         buf = hidden.new_empty((c, v), dtype=acc)
         tmp = hidden.new_empty((c, v), dtype=acc) if stats else None
         logp = hidden.new_empty(m, dtype=acc)
@@ -115,20 +139,13 @@ class ChunkedLinearLogprobs(torch.autograd.Function):
                     torch.mm(z, weight, out=gdir[s0:s1])
                 else:
                     gdir[s0:s1] = torch.mm(z.to(weight.dtype), weight)
-        ctx.mark_non_differentiable(ent, mean)
-        ctx.scale, ctx.chunk, ctx.one_pass, ctx.has_bias = scale, c, one_pass, bias is not None
-        if one_pass:
-            ctx.save_for_backward(gdir)
-        else:
-            ctx.save_for_backward(hidden, weight, bias, targets, lse)
+        stash_for_backward(ctx, scale, c, one_pass, gdir, (hidden, weight, bias, targets, lse), (ent, mean))
         return logp, ent, mean
 
     @staticmethod
     def backward(ctx, grad_logp, _grad_ent, _grad_mean):
         if ctx.one_pass:
-            (gdir,) = ctx.saved_tensors
-            coef = (grad_logp * -ctx.scale).to(gdir.dtype).unsqueeze(1)
-            return gdir * coef, None, None, None, None, None, None
+            return one_pass_backward(ctx, grad_logp)
         return _two_pass_backward(ctx, grad_logp)
 
 

@@ -128,6 +128,39 @@ class _FusedPreference(torch.autograd.Function):
         return out_h, out_w, out_b, None, None, None, None, None, None, None, None
 
 
+def _flat_rows(hidden, weight, targets, seq_ids, ignore_index: int):
+    """Validate and flatten the inputs -> ``(h (N, H), t (N,), seq_ids (N,), n_pairs)``.
+
+    Without ``seq_ids`` hidden is TRL's (2B, T, H) [chosen; rejected] batch and row b is sequence b;
+    tokens whose target is ``ignore_index`` get sequence id -1."""
+    h = hidden.reshape(-1, hidden.shape[-1])
+    t = targets.reshape(-1).long()
+    if seq_ids is None:
+        if hidden.dim() != 3 or hidden.shape[0] % 2:
+            raise ValueError(
+                f"hidden {tuple(hidden.shape)}: expected (2B, T, H) [chosen; rejected] or pass seq_ids"
+            )
+        seq_ids = torch.arange(hidden.shape[0], device=h.device).repeat_interleave(hidden.shape[1])
+        n_pairs = hidden.shape[0] // 2
+    else:
+        seq_ids = seq_ids.reshape(-1).long()
+        if seq_ids.shape != t.shape:
+            raise ValueError(
+                f"seq_ids {tuple(seq_ids.shape)} must have one entry per target {tuple(t.shape)}"
+            )
+        n_pairs = (int(seq_ids.max()) + 2) // 2
+    if t.shape[0] != h.shape[0]:
+        raise ValueError(
+            f"targets {tuple(targets.shape)} must match hidden's leading dims {tuple(hidden.shape[:-1])}"
+        )
+    valid = t != ignore_index
+    if valid.any() and (int(t[valid].min()) < 0 or int(t[valid].max()) >= weight.shape[0]):
+        raise ValueError(
+            f"targets out of range: valid ids are 0..{weight.shape[0] - 1} or ignore_index={ignore_index}"
+        )
+    return h, t, torch.where(valid, seq_ids, -1), n_pairs
+
+
 def fused_linear_preference_loss(
     hidden: torch.Tensor,
     weight: torch.Tensor,
@@ -160,32 +193,7 @@ def fused_linear_preference_loss(
         raise ValueError(f"loss_type={loss_type!r}: must be one of {LOSS_TYPES}")
     if not temperature > 0:
         raise ValueError(f"temperature={temperature}: must be > 0")
-    h = hidden.reshape(-1, hidden.shape[-1])
-    t = targets.reshape(-1).long()
-    if seq_ids is None:
-        if hidden.dim() != 3 or hidden.shape[0] % 2:
-            raise ValueError(
-                f"hidden {tuple(hidden.shape)}: expected (2B, T, H) [chosen; rejected] or pass seq_ids"
-            )
-        seq_ids = torch.arange(hidden.shape[0], device=h.device).repeat_interleave(hidden.shape[1])
-        n_pairs = hidden.shape[0] // 2
-    else:
-        seq_ids = seq_ids.reshape(-1).long()
-        if seq_ids.shape != t.shape:
-            raise ValueError(
-                f"seq_ids {tuple(seq_ids.shape)} must have one entry per target {tuple(t.shape)}"
-            )
-        n_pairs = (int(seq_ids.max()) + 2) // 2
-    if t.shape[0] != h.shape[0]:
-        raise ValueError(
-            f"targets {tuple(targets.shape)} must match hidden's leading dims {tuple(hidden.shape[:-1])}"
-        )
-    valid = t != ignore_index
-    if valid.any() and (int(t[valid].min()) < 0 or int(t[valid].max()) >= weight.shape[0]):
-        raise ValueError(
-            f"targets out of range: valid ids are 0..{weight.shape[0] - 1} or ignore_index={ignore_index}"
-        )
-    seq_ids = torch.where(valid, seq_ids, -1)
+    h, t, seq_ids, n_pairs = _flat_rows(hidden, weight, targets, seq_ids, ignore_index)
     nll_weight = nll_weight_for(loss_type, nll_weight)
     loss_kw = dict(loss_type=loss_type, beta=beta, label_smoothing=label_smoothing, simpo_gamma=simpo_gamma)
     chunk = chunk_size or chunk_rows_for(weight.shape[0], hidden.dtype, memory_budget_mb)

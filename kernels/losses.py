@@ -164,31 +164,11 @@ def preference_loss(
     counts_needed = loss_spec(loss_type).needs_counts
     _check(loss_type, beta, label_smoothing, tensors, counts_needed, chosen_tokens, rejected_tokens)
     nll_weight = nll_weight_for(loss_type, nll_weight)
-    if loss_type in REFERENCE_FREE:
-        per_pair, chosen_rewards, rejected_rewards, extras = _reference_free(
-            loss_type, policy_chosen_logps, policy_rejected_logps, chosen_tokens, rejected_tokens, beta,
-            label_smoothing, simpo_gamma,
-        )  # fmt: skip
-    else:
-        if ref_chosen_logps is None or ref_rejected_logps is None:
-            raise ValueError(f"loss_type={loss_type!r} needs ref_chosen_logps and ref_rejected_logps")
-        chosen_lr = policy_chosen_logps - ref_chosen_logps
-        rejected_lr = policy_rejected_logps - ref_rejected_logps
-        per_pair = _dpo_family(
-            loss_type, chosen_lr, rejected_lr, chosen_tokens, rejected_tokens, beta, label_smoothing
-        )
-        chosen_rewards, rejected_rewards, extras = beta * chosen_lr.detach(), beta * rejected_lr.detach(), {}
-    loss = per_pair.mean()
-    nll = None
-    if nll_weight or policy_chosen_nll is not None:
-        if policy_chosen_nll is None:
-            if chosen_tokens is None:
-                raise ValueError("the NLL term needs chosen_tokens (or pass policy_chosen_nll)")
-            # TRL "sft" loss: -mean over all chosen completion tokens of the batch.
-            policy_chosen_nll = -policy_chosen_logps.sum() / chosen_tokens.sum().clamp(min=1)
-        if nll_weight:
-            loss = loss + nll_weight * policy_chosen_nll
-        nll = policy_chosen_nll.detach()
+    per_pair, chosen_rewards, rejected_rewards, extras = _per_pair(
+        loss_type, policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps,
+        chosen_tokens, rejected_tokens, beta, label_smoothing, simpo_gamma,
+    )  # fmt: skip
+    loss, nll = _add_nll(per_pair.mean(), nll_weight, policy_chosen_nll, policy_chosen_logps, chosen_tokens)
     return PreferenceLossOutput(
         loss=loss,
         chosen_rewards=chosen_rewards,
@@ -198,6 +178,37 @@ def preference_loss(
         nll=nll,
         extras=extras,
     )
+
+
+def _per_pair(
+    loss_type, policy_chosen, policy_rejected, ref_chosen, ref_rejected, chosen_tokens, rejected_tokens,
+    beta, eps, gamma,
+):  # fmt: skip
+    """``(per-pair losses, chosen rewards, rejected rewards, extras)`` of ``loss_type``."""
+    if loss_type in REFERENCE_FREE:
+        return _reference_free(
+            loss_type, policy_chosen, policy_rejected, chosen_tokens, rejected_tokens, beta, eps, gamma
+        )
+    if ref_chosen is None or ref_rejected is None:
+        raise ValueError(f"loss_type={loss_type!r} needs ref_chosen_logps and ref_rejected_logps")
+    chosen_lr = policy_chosen - ref_chosen
+    rejected_lr = policy_rejected - ref_rejected
+    per_pair = _dpo_family(loss_type, chosen_lr, rejected_lr, chosen_tokens, rejected_tokens, beta, eps)
+    return per_pair, beta * chosen_lr.detach(), beta * rejected_lr.detach(), {}
+
+
+def _add_nll(loss, nll_weight: float, policy_chosen_nll, policy_chosen_logps, chosen_tokens):
+    """``(loss + nll_weight * NLL, detached NLL)``; the NLL is None when neither weighted nor given."""
+    if not (nll_weight or policy_chosen_nll is not None):
+        return loss, None
+    if policy_chosen_nll is None:
+        if chosen_tokens is None:
+            raise ValueError("the NLL term needs chosen_tokens (or pass policy_chosen_nll)")
+        # TRL "sft" loss: -mean over all chosen completion tokens of the batch.
+        policy_chosen_nll = -policy_chosen_logps.sum() / chosen_tokens.sum().clamp(min=1)
+    if nll_weight:
+        loss = loss + nll_weight * policy_chosen_nll
+    return loss, policy_chosen_nll.detach()
 
 
 def _dpo_family(loss_type, chosen_lr, rejected_lr, chosen_tokens, rejected_tokens, beta, eps):

@@ -211,6 +211,39 @@ def concat_factors(
     return tensors, rank
 
 
+def _check_same_base(parent: dict[str, tuple], child: dict[str, tuple]) -> None:
+    """Modules both adapters target must have factors of the same base shapes."""
+    for module in set(parent) & set(child):
+        pa, ca = parent[module][1], child[module][1]
+        pb, cb = parent[module][2], child[module][2]
+        if pa.shape[1:] != ca.shape[1:] or pb.shape[0] != cb.shape[0]:
+            raise AdapterError(
+                f"{module}: shapes differ (parent A {tuple(pa.shape)}, B {tuple(pb.shape)}; child A "
+                f"{tuple(ca.shape)}, B {tuple(cb.shape)}): the adapters are for different base models"
+            )
+
+
+def _concat_config(
+    p_cfg: dict[str, Any], c_cfg: dict[str, Any], rank: int, modules: list[str]
+) -> dict[str, Any]:
+    """adapter_config.json of the concatenated adapter: the parent's, rank ``rank`` at scaling 1."""
+    cfg = dict(p_cfg)
+    cfg.update(
+        r=rank,
+        lora_alpha=rank,  # scaling = alpha / r = 1: the per-adapter scalings live in B
+        use_rslora=False,
+        rank_pattern={},
+        alpha_pattern={},
+        target_modules=union_targets(p_cfg, c_cfg, modules),
+        layers_to_transform=None,  # the target set is explicit now (see union_targets)
+        layers_pattern=None,
+        exclude_modules=None,
+        lora_dropout=max(p_cfg.get("lora_dropout", 0.0), c_cfg.get("lora_dropout", 0.0)),
+        inference_mode=True,
+    )
+    return cfg
+
+
 def concat_lora_adapters(
     parent_adapter_dir: str | Path, child_adapter_dir: str | Path, out_dir: str | Path
 ) -> Path:
@@ -234,29 +267,9 @@ def concat_lora_adapters(
         )
     parent = module_factors(p_w, str(Path(parent_adapter_dir) / WEIGHTS_FILE))
     child = module_factors(c_w, str(Path(child_adapter_dir) / WEIGHTS_FILE))
-    for module in set(parent) & set(child):
-        pa, ca = parent[module][1], child[module][1]
-        pb, cb = parent[module][2], child[module][2]
-        if pa.shape[1:] != ca.shape[1:] or pb.shape[0] != cb.shape[0]:
-            raise AdapterError(
-                f"{module}: shapes differ (parent A {tuple(pa.shape)}, B {tuple(pb.shape)}; child A "
-                f"{tuple(ca.shape)}, B {tuple(cb.shape)}): the adapters are for different base models"
-            )
+    _check_same_base(parent, child)
     tensors, rank = concat_factors(parent, child, p_cfg, c_cfg)
-    cfg = dict(p_cfg)
-    cfg.update(
-        r=rank,
-        lora_alpha=rank,  # scaling = alpha / r = 1: the per-adapter scalings live in B
-        use_rslora=False,
-        rank_pattern={},
-        alpha_pattern={},
-        target_modules=union_targets(p_cfg, c_cfg, sorted(set(parent) | set(child))),
-        layers_to_transform=None,  # the target set is explicit now (see union_targets)
-        layers_pattern=None,
-        exclude_modules=None,
-        lora_dropout=max(p_cfg.get("lora_dropout", 0.0), c_cfg.get("lora_dropout", 0.0)),
-        inference_mode=True,
-    )
+    cfg = _concat_config(p_cfg, c_cfg, rank, sorted(set(parent) | set(child)))
     # Lineage goes in a side file: readers of adapter_config.json (PEFT, vLLM) may reject extra keys.
     lineage = {
         "formula": "W + [s1*B1, s2*B2] [A1; A2], lora_alpha = r (scaling 1)",

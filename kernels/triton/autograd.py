@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import torch
 
+from onbrand.kernels.chunked import one_pass_backward, plan_passes, stash_for_backward
 from onbrand.kernels.triton.kernels import row_logsumexp, row_softmax_grad
 
 
@@ -23,11 +24,8 @@ class TritonLinearLogprobs(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, hidden, weight, bias, targets, scale, chunk, stats):
-        need_h = ctx.needs_input_grad[0]
-        need_w = ctx.needs_input_grad[1] or (bias is not None and ctx.needs_input_grad[2])
-        one_pass = need_h and not need_w
         m = hidden.shape[0]
-        c = max(1, min(chunk, m))
+        one_pass, _need_w, c = plan_passes(ctx, bias, chunk, m)
         f32 = dict(device=hidden.device, dtype=torch.float32)
         logp, lse = torch.empty(m, **f32), torch.empty(m, **f32)
         ent, mean = torch.empty(m if stats else 0, **f32), torch.empty(m if stats else 0, **f32)
@@ -41,27 +39,13 @@ class TritonLinearLogprobs(torch.autograd.Function):
                 ent[s0:s1], mean[s0:s1] = en, mn
             if one_pass:
                 torch.mm(z, weight, out=gdir[s0:s1])  # z now holds softmax - onehot
-        ctx.mark_non_differentiable(ent, mean)
-        ctx.scale, ctx.chunk, ctx.one_pass, ctx.has_bias = scale, c, one_pass, bias is not None
-        if one_pass:
-            ctx.save_for_backward(gdir)
-        else:
-            ctx.save_for_backward(hidden, weight, bias, targets, lse)
+        stash_for_backward(ctx, scale, c, one_pass, gdir, (hidden, weight, bias, targets, lse), (ent, mean))
         return logp, ent, mean
 
     @staticmethod
     def backward(ctx, grad_logp, _grad_ent, _grad_mean):
         if ctx.one_pass:
-            (gdir,) = ctx.saved_tensors
-            return (
-                gdir * (grad_logp * -ctx.scale).to(gdir.dtype).unsqueeze(1),
-                None,
-                None,
-                None,
-                None,
-                None,
-                None,
-            )
+            return one_pass_backward(ctx, grad_logp)
         hidden, weight, bias, targets, lse = ctx.saved_tensors
         need_h, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
         need_b = ctx.has_bias and ctx.needs_input_grad[2]
