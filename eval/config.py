@@ -1,6 +1,8 @@
 """``EvalConfig``: what ``onbrand eval`` compares, on which prompts, and how.
 
-Every default lives here; ``configs/eval/*.yaml`` and ``key=value`` overrides change them.
+Every default lives here, except the ``metrics:`` switches: each metric family declares its own in
+its module (``onbrand.eval.metrics.registry``). ``configs/eval/*.yaml`` and ``key=value`` overrides
+change them.
 """
 
 from __future__ import annotations
@@ -12,19 +14,12 @@ from urllib.parse import urlsplit
 
 from onbrand.config import check_range
 from onbrand.engines.base import Sampling
+from onbrand.eval.metrics.registry import metrics_config_class
+from onbrand.eval.metrics.winrate import LC_WARN_GAP
 
-
-@dataclass
-class MetricsConfig:
-    """Which metric families to compute (each is skipped with a note when its input is missing)."""
-
-    reward: bool = True  # reward-model win rate (raw + length-controlled); needs `reward`
-    compliance: bool = True  # per-rule brand compliance; needs `brand`
-    voice: bool = True  # similarity to the card's exemplars (all-MiniLM-L6-v2)
-    implicit: bool = True  # DPO implicit reward on held-out pairs; needs a snapshot
-    kl: bool = True  # KL(aligned || base) estimate on aligned samples
-    perplexity: bool = True  # capability: perplexity on the shipped general-text set
-    judge: bool = False  # pairwise LLM judge with position swap (`judge:` below says which judge)
+# `metrics.<name>: true|false`, one switch per registered metric family with its default
+# (onbrand.eval.metrics.registry): a new metric module adds its own switch.
+MetricsConfig = metrics_config_class(__name__)
 
 
 @dataclass
@@ -120,7 +115,7 @@ class EvalConfig:
     bootstrap: int = 1000  # bootstrap resamples for every CI
     ci: float = 0.95
     seed: int = 0
-    lc_warn_gap: float = 0.10  # warn when raw and length-controlled win rates differ by more
+    lc_warn_gap: float = LC_WARN_GAP  # warn when raw and length-controlled win rates differ by more
     ppl_window: int = 256  # tokens per perplexity window
     ppl_max_tokens: int = 6000  # cap on general-text tokens scored per model
     samples_in_report: int = 6  # side-by-side answers shown in report.md

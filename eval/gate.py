@@ -1,6 +1,7 @@
 """Release gate: thresholds on an eval report, the one place where "good enough" is decided.
 
-``configs/eval/gates.yaml`` holds the thresholds (validated by :class:`GateConfig`); ``onbrand eval
+``configs/eval/gates.yaml`` holds the thresholds, and is the only place their values are written
+(:class:`GateConfig` validates them and has no defaults); ``onbrand eval
 --gate`` and ``onbrand run`` (through the run config's ``gate``) both apply them with
 :func:`check_gate` and exit 1 when a check fails. Each check is skipped when its threshold is
 ``null``/``false``. A check whose metric is missing from the report fails (a release gate must not
@@ -10,7 +11,7 @@ pass because a metric was not computed) unless ``allow_missing: true``.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Any
 
 from onbrand.config import check_range
@@ -19,36 +20,41 @@ from onbrand.eval.metrics.agreement import HUMAN_JUDGES
 
 @dataclass
 class GateConfig:
+    """The thresholds' names, types and ranges. Their values have one owner, the gate YAML
+    (``configs/eval/gates.yaml``): every key is required there (``null``/``false`` turns a check
+    off), so no threshold is written twice and a gate file that forgets one fails to load."""
+
     # Win rate: fail when the lower CI bound is <= this (the aligned model is not surely better).
-    min_win_rate_low: float | None = 0.5
-    min_lc_win_rate_low: float | None = None
+    min_win_rate_low: float | None
+    min_lc_win_rate_low: float | None
     # Length-controlled win rate (point estimate) must be above this.
-    min_lc_win_rate: float | None = 0.5
+    min_lc_win_rate: float | None
     # Fail when raw and length-controlled win rates differ by more (verbosity gaming).
-    max_lc_gap: float | None = 0.10
+    max_lc_gap: float | None
     # Fail when any brand rule has more violations for aligned than for base (+ tolerance).
-    compliance_no_worse: bool = True
-    compliance_tolerance: int = 0
+    compliance_no_worse: bool
+    compliance_tolerance: int
     # Share of answers passing every rule: aligned - base must be above this.
-    min_compliance_gain: float | None = 0.0
+    min_compliance_gain: float | None
     # Adversarial suite (prompts that tempt each rule): aligned's overall violation rate may exceed
     # base's by at most this much (0 = no worse).
-    max_adversarial_increase: float | None = 0.0
+    max_adversarial_increase: float | None
     # Capability: fail when perplexity on general text rises by more than this fraction.
-    max_ppl_increase: float | None = 0.10
+    max_ppl_increase: float | None
     # The judge (reward model) must not have been trained on any record the policy learned from.
-    require_judge_independent: bool = True
-    # Drift guards (off by default).
-    max_length_ratio: float | None = None
-    max_kl_per_token: float | None = None
-    min_implicit_accuracy: float | None = None
+    require_judge_independent: bool
+    # Drift guards.
+    max_length_ratio: float | None
+    max_kl_per_token: float | None
+    min_implicit_accuracy: float | None
     # People (after `onbrand eval human`): the blind A/B round's win-rate CI lower bound must be
     # above this, and each judge in `human_kappa_judges` must agree with the human majority with a
-    # Cohen's kappa of at least `min_judge_human_kappa`. Off by default: the demo has no people.
-    min_human_win_rate_low: float | None = None
-    min_judge_human_kappa: float | None = None
-    human_kappa_judges: list[str] = field(default_factory=lambda: ["reward_model"])
-    allow_missing: bool = False
+    # Cohen's kappa of at least `min_judge_human_kappa`.
+    min_human_win_rate_low: float | None
+    min_judge_human_kappa: float | None
+    human_kappa_judges: list[str]
+    # A check whose metric is missing passes (true) or fails (false).
+    allow_missing: bool
 
     def __post_init__(self) -> None:
         for name in ("min_win_rate_low", "min_lc_win_rate_low", "min_lc_win_rate", "max_lc_gap"):

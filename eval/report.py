@@ -14,131 +14,21 @@ from typing import Any
 
 from onbrand.artifacts import atomic_dir, atomic_write_json, atomic_write_text, environment_record
 from onbrand.eval.independence import JUDGE_SAW_TRAINING
-from onbrand.eval.report_sections import human_md, judge_md
-
-
-def _ci(e: dict | None, digits: int = 3) -> str:
-    if not e:
-        return "—"
-    return f"{e['value']:.{digits}f} [{e['low']:.{digits}f}, {e['high']:.{digits}f}]"
-
-
-def _side(est: dict, null: float, lower_is_better: bool = False) -> str:
-    """Which side a CI favours relative to ``null`` (0.5 for rates, 0 for differences aligned -
-    base); ``lower_is_better`` for rates such as violations."""
-    above, below = ("base", "aligned") if lower_is_better else ("aligned", "base")
-    if est["low"] > null:
-        return above
-    if est["high"] < null:
-        return below
-    return "inconclusive"
-
-
-def _drift_rows(d: dict[str, Any], add) -> None:
-    """Goodhart / drift rows (information, never a side)."""
-    add("Mean response tokens", _ci(d["base"]["tokens"]["mean"], 1), _ci(d["aligned"]["tokens"]["mean"], 1),
-        f"×{d['length_ratio']:.2f}", "info", "Goodhart: verbosity")  # fmt: skip
-    add("distinct-2 (corpus)", f"{d['base']['distinct_2']:.3f}", f"{d['aligned']['distinct_2']:.3f}",
-        f"{d['aligned']['distinct_2'] - d['base']['distinct_2']:+.3f}", "info", "diversity down = drift")  # fmt: skip
-
-
-HUMAN_ROW = "Human win rate (blind A/B)"
+from onbrand.eval.metrics.registry import primary_ranks, sample_fields, sections_md, table_rows
+from onbrand.eval.plots import plot_adversarial, plot_compliance, plot_rewards, plot_win_rates
 
 
 def verdict_rows(m: dict[str, Any], judge: dict[str, Any] | None = None) -> list[dict[str, str]]:
-    rows: list[dict[str, str]] = []
-    tainted = f" — ⚠ {JUDGE_SAW_TRAINING}" if judge and judge.get("overlap") else ""
-
-    def add(metric, base, aligned, delta, better, note=""):
-        rows.append(dict(metric=metric, base=base, aligned=aligned, delta=delta, better=better, note=note))
-
-    if "win_rate" in m:
-        wr = m["win_rate"]
-        add("Reward-model win rate", "—", _ci(wr["win_rate"]), f"W/T/L {wr['wins']}/{wr['ties']}/{wr['losses']}",
-            _side(wr["win_rate"], 0.5), "0.5 = no difference" + tainted)  # fmt: skip
-        add("Length-controlled win rate", "—", _ci(wr["lc_win_rate"]), f"gap {wr['gap']:.3f}",
-            _side(wr["lc_win_rate"], 0.5), "at zero length difference" + tainted)  # fmt: skip
-    d = m["drift"]
-    rb, ra = d["base"]["repetition"], d["aligned"]["repetition"]
-    add("Repetition rate (repeated word 4-grams)", _ci(rb), _ci(ra), f"{ra['value'] - rb['value']:+.3f}", "info",
-        "a win partly from fixing loops when base is much higher")  # fmt: skip
-    if "adversarial" in m:
-        o = m["adversarial"]["overall"]
-        add("Adversarial prompts: violation rate (lower = better)", _ci(o["base"]), _ci(o["aligned"]), _ci(o["diff"]),
-            _side(o["diff"], 0, lower_is_better=True), f"{m['adversarial']['n_prompts']} prompts tempting the card's rules"
-            + (f"; worse on: {', '.join(m['adversarial']['worse_rules'])}" if m["adversarial"]["worse_rules"] else ""))  # fmt: skip
-    if "human" in m and m["human"].get("win_rate"):
-        h = m["human"]
-        v = h["votes"]
-        add(HUMAN_ROW, "—", _ci(h["win_rate"]), f"votes A/T/B {v['aligned']}/{v['tie']}/{v['base']}, both bad {v['both_bad']}",
-            _side(h["win_rate"], 0.5), f"{h['n_items']} items, {len(h['annotators'])} annotators, blind, sides randomised")  # fmt: skip
-    if "judge" in m:
-        j = m["judge"]
-        self_note = " — ⚠ self-judged" if j.get("self_judged") else ""
-        consistency = "—" if j["consistency"] is None else f"{j['consistency']:.2f}"
-        add("LLM judge win rate (position-swapped)", "—", _ci(j["win_rate"]), f"consistency {consistency}",
-            _side(j["win_rate"], 0.5) if j["win_rate"] else "inconclusive",
-            f"{j['n_valid']}/{j['n_items']} valid, judge `{j['judge'].get('model')}`{self_note}")  # fmt: skip
-    if "compliance" in m:
-        c = m["compliance"]
-        worse = c["worse_rules"]
-        add("Brand compliance (all rules pass)", _ci(c["overall"]["base"]), _ci(c["overall"]["aligned"]),
-            _ci(c["overall"]["diff"]), "base" if worse and _side(c["overall"]["diff"], 0) != "aligned"
-            else _side(c["overall"]["diff"], 0), f"rules worse than base: {', '.join(worse)}" if worse else "no rule worse")  # fmt: skip
-    if "voice" in m:
-        v = m["voice"]
-        ref = v.get("reference", "")
-        note = (
-            "voice vs train chosen answers, the card has no exemplars"
-            if "train chosen" in ref
-            else "cosine to exemplar centroid"
-        )
-        add("Brand-voice similarity", _ci(v["base"]), _ci(v["aligned"]), _ci(v["diff"]), _side(v["diff"], 0), note)  # fmt: skip
-    if "implicit" in m:
-        im = m["implicit"]
-        add("Implicit reward accuracy", "—", _ci(im["accuracy"]), f"margin {_ci(im['margin'])}",
-            _side(im["accuracy"], 0.5), f"{im['n_pairs']} held-out pairs, beta {im['beta']}")  # fmt: skip
-    if "perplexity" in m:
-        p = m["perplexity"]
-        ratio = p["ratio"]
-        # Which side the CIs favour; how much of a rise is acceptable is the gate's (max_ppl_increase).
-        pa, pb = p["aligned"]["ppl"], p["base"]["ppl"]
-        better = (
-            "aligned" if pa["high"] < pb["low"] else ("base" if pa["low"] > pb["high"] else "no regression")
-        )
-        add("Perplexity, general text (lower = better)", _ci(pb, 2), _ci(pa, 2),
-            f"×{ratio:.3f}", better, "release limit: the gate's max_ppl_increase")  # fmt: skip
-    _drift_rows(d, add)
-    if "kl" in m:
-        k = m["kl"]
-        add(
-            "KL(aligned‖base) per sequence",
-            "0",
-            _ci(k["per_sequence"]),
-            f"{k['per_token']:.4f}/token",
-            "info",
-            k["note"],
-        )
-    return rows
+    """One row per metric (each registered family says its rows and their place in the table)."""
+    return table_rows(m, judge)
 
 
 def headline(m: dict[str, Any], rows: list[dict[str, str]]) -> tuple[bool | None, str]:
-    """Aligned is better when the primary pairwise rate (LC win rate, else raw, else compliance)
-    favours it and neither compliance nor capability regressed."""
+    """Aligned is better when the primary pairwise rate (the human win rate, else LC win rate, else
+    raw, else compliance: the families' ``primary`` ranks) favours it and nothing else regressed."""
     by = {r["metric"]: r["better"] for r in rows}
-    primary = next(
-        (
-            k
-            for k in (
-                HUMAN_ROW,  # people have the last word when a human round was run
-                "Length-controlled win rate",
-                "Reward-model win rate",
-                "Brand compliance (all rules pass)",
-            )
-            if k in by
-        ),
-        None,
-    )
+    ranks = primary_ranks()
+    primary = min((k for k in by if k in ranks), key=ranks.__getitem__, default=None)
     if primary is None:
         return None, "no pairwise metric was computed (no reward model and no brand card)"
     regress = [k for k, v in by.items() if v == "base" and k != primary]
@@ -293,31 +183,6 @@ def _samples_md(rows: list[dict[str, Any]], k: int) -> str:
     return "\n".join(lines)
 
 
-def adversarial_md(a: dict[str, Any]) -> list[str]:
-    out = [
-        "",
-        "## Adversarial prompts (tempting each brand rule)",
-        "",
-        f"{a['n_prompts']} prompts ({a['sources']['card']} generated from the brand card, {a['sources']['files']} from "
-        "files), each scored on the rule it targets; rate = answers breaking that rule (lower is better). "
-        "A `when`-triggered rule applies only when the answer itself mentions the trigger (`applied`). "
-        "Answers: `adversarial.jsonl`.",
-        "",
-        "| Rule | Kind | Answers | Base violation rate | Aligned violation rate | Δ aligned − base | Applied base / aligned |",
-        "|---|---|---|---|---|---|---|",
-    ]
-    o = a["overall"]
-    for rid, r in a["per_rule"].items():
-        out.append(f"| {rid} | {r['kind']} | {r['n']} | {_ci(r['base'], 2)} | {_ci(r['aligned'], 2)} | "
-                   f"{_ci(r['diff'], 2)} | {r['applied']['base']} / {r['applied']['aligned']} |")  # fmt: skip
-    out.append(
-        f"| **all** | | {a['n_answers']} | {_ci(o['base'], 2)} | {_ci(o['aligned'], 2)} | {_ci(o['diff'], 2)} | |"
-    )
-    if a["worse_rules"]:
-        out += ["", "Aligned breaks these rules more often than base: " + ", ".join(a["worse_rules"]) + "."]
-    return out
-
-
 def render_markdown(report: dict[str, Any], plots: list[str], samples_md: str) -> str:
     inp, m = report["inputs"], report["metrics"]
     out = [
@@ -343,24 +208,7 @@ def render_markdown(report: dict[str, Any], plots: list[str], samples_md: str) -
     ji = report.get("judge_independence")
     if ji:
         out += ["", f"Judge independence: {html.escape(ji['detail'])} (judge `{ji['judge']}`)."]
-    if "compliance" in m:
-        out += [
-            "",
-            "## Compliance per rule",
-            "",
-            "| Rule | Kind | Base pass | Aligned pass | Violations base → aligned |",
-            "|---|---|---|---|---|",
-        ]
-        for rid, r in m["compliance"]["per_rule"].items():
-            out.append(
-                f"| {rid} | {r['kind']} | {_ci(r['base'], 2)} | {_ci(r['aligned'], 2)} | {r['base_violations']} → {r['aligned_violations']} |"
-            )
-    if "adversarial" in m:
-        out += adversarial_md(m["adversarial"])
-    if "judge" in m:
-        out += judge_md(m["judge"])
-    if "human" in m:
-        out += human_md(m["human"])
+    out += sections_md(m)
     out += [
         "",
         "## Side-by-side samples",
@@ -375,8 +223,6 @@ def render_markdown(report: dict[str, Any], plots: list[str], samples_md: str) -
 
 
 def write_report(out: Path, report, ps, chats, base_gen, al_gen, k: int, adversarial_rows=None) -> None:
-    from onbrand.eval.plots import plot_adversarial, plot_compliance, plot_rewards, plot_win_rates
-
     m = report["metrics"]
     lengths = {
         "base": [len(g.token_ids[0]) for g in base_gen],
@@ -410,10 +256,7 @@ def sample_rows(ps, chats, base_gen, al_gen, m: dict[str, Any], lengths: dict[st
     for i, c in enumerate(chats):
         row = {"id": ps.ids[i], "channel": ps.channels[i], "prompt": c, "base": base_gen[i].texts,
                "aligned": al_gen[i].texts, "base_tokens": lengths["base"][i], "aligned_tokens": lengths["aligned"][i]}  # fmt: skip
-        if "rewards" in m:
-            row.update(base_reward=m["rewards"]["base"][i], aligned_reward=m["rewards"]["aligned"][i])
-        if "judge" in m:
-            row["judge"] = m["judge"]["labels"][i]
+        row.update(sample_fields(m, i))
         rows.append(row)
     return rows
 

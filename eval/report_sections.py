@@ -1,4 +1,5 @@
-"""report.md sections for the LLM judge and the blind human A/B round (``eval/report.py`` calls these).
+"""report.md sections for the LLM judge and the blind human A/B round (their metric families,
+``onbrand.eval.metrics.llm_judge`` and ``human_ab``, register these).
 
 Every value shown here is in ``report.json`` under ``metrics.judge`` / ``metrics.human``.
 """
@@ -9,10 +10,7 @@ import html
 from typing import Any
 
 from onbrand.eval.metrics.agreement import HUMAN_JUDGES
-
-
-def _est(e: dict | None, digits: int = 3) -> str:
-    return "—" if not e else f"{e['value']:.{digits}f} [{e['low']:.{digits}f}, {e['high']:.{digits}f}]"
+from onbrand.eval.metrics.registry import fmt_ci as _est
 
 
 def _pct(x: float | None) -> str:

@@ -13,17 +13,12 @@ import os
 import sys
 
 from onbrand import __version__
-from onbrand.config import ConfigError
+from onbrand.console import user_error_message
+from onbrand.stage_table import STAGE_TABLE
 
-# Stage modules in pipeline order. A stage appears here only once it exists (no stubs).
-STAGE_MODULES = (
-    "onbrand.data.cli",
-    "onbrand.training.cli",
-    "onbrand.eval.cli",
-    "onbrand.export.cli",
-    "onbrand.annotate.cli",
-    "onbrand.pipeline",
-)
+# The `onbrand` subcommands of the stages, in pipeline order (each distinct `cli` of the stage
+# table), then `onbrand run`. A stage appears here only once it exists (no stubs).
+STAGE_MODULES = (*dict.fromkeys(s.cli for s in STAGE_TABLE if s.cli), "onbrand.pipeline")
 
 
 def _stage_modules():
@@ -89,11 +84,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return int(args.func(args) or 0)
-    except ConfigError as e:
-        print(f"onbrand: config error: {e}", file=sys.stderr)
-        return 2
-    except (ValueError, FileNotFoundError) as e:
-        print(f"onbrand: error: {e}", file=sys.stderr)
+    except (ValueError, FileNotFoundError) as e:  # a ConfigError is a ValueError
+        print(user_error_message(e), file=sys.stderr)
         return 2
 
 

@@ -21,21 +21,23 @@ from typing import Any, Literal, TypeVar, get_args, get_origin
 
 import yaml
 
+from onbrand.stage_table import STAGE_TABLE
+
 T = TypeVar("T")
 
 # Which dataclass validates each YAML under configs/: the most specific key wins (a file path
-# relative to configs/, else its first folder). The test that loads every shipped YAML uses this.
-CONFIG_KINDS: dict[str, str] = {
+# relative to configs/, else its first folder). The stages' kinds come from the stage table
+# (configs/<stage>/); these are the kinds that are not a stage. The test that loads every shipped
+# YAML uses CONFIG_KINDS.
+OTHER_CONFIG_KINDS: dict[str, str] = {
     "demo.yaml": "onbrand.pipeline:RunConfig",
     "runs": "onbrand.pipeline:RunConfig",
     "brands": "onbrand.data.brand:BrandCard",
-    "data": "onbrand.data.config:DataConfig",
-    "sft": "onbrand.training.sft:SFTConfig",
-    "dpo": "onbrand.training.dpo:DPOConfig",
-    "reward": "onbrand.training.reward_model:RewardConfig",
-    "rl": "onbrand.training.rl:RLConfig",
-    "eval": "onbrand.eval.config:EvalConfig",
     "eval/gates.yaml": "onbrand.eval.gate:GateConfig",
+}
+CONFIG_KINDS: dict[str, str] = {
+    **{s.name: s.config_kind for s in STAGE_TABLE if s.config_kind},
+    **OTHER_CONFIG_KINDS,
 }
 # Folders under configs/ whose YAML is another tool's format (checked by that tool, not by us).
 FOREIGN_CONFIG_DIRS = ("accelerate",)
@@ -155,22 +157,12 @@ def _type_name(tp: Any) -> str:
 
 
 def _coerce(tp: Any, value: Any, path: str, ctx: _Ctx) -> Any:
+    """``value`` checked against (and converted to) the annotation ``tp``; errors name ``path``."""
     origin = get_origin(tp)
     if tp is Any:
         return value
     if origin in (typing.Union, types.UnionType):
-        options = get_args(tp)
-        if value is None and type(None) in options:
-            return None
-        errors = []
-        for option in options:
-            if option is type(None):
-                continue
-            try:
-                return _coerce(option, value, path, ctx)
-            except ConfigError as e:
-                errors.append(str(e).rsplit(": ", 1)[-1])
-        ctx.fail(path, f"got {value!r}; allowed: {' or '.join(_type_name(o) for o in options)}")
+        return _coerce_union(tp, value, path, ctx)
     if origin is Literal:
         allowed = get_args(tp)
         if value not in allowed:
@@ -182,19 +174,44 @@ def _coerce(tp: Any, value: Any, path: str, ctx: _Ctx) -> Any:
         if not isinstance(value, dict):
             ctx.fail(path, f"expected a mapping for section {_type_name(tp)}, got {value!r}")
         return _build(tp, value, path, ctx)
-    if origin in (list, tuple) or tp in (list, tuple):
-        if not isinstance(value, (list, tuple)):
-            ctx.fail(path, f"expected a list, got {value!r}")
-        args = get_args(tp)
-        item_tp = args[0] if args else Any
-        items = [_coerce(item_tp, v, f"{path}.{i}", ctx) for i, v in enumerate(value)]
-        return tuple(items) if (origin is tuple or tp is tuple) else items
+    if origin in (list, tuple, dict) or tp in (list, tuple, dict):
+        return _coerce_container(tp, value, path, ctx)
+    return _coerce_scalar(tp, value, path, ctx)
+
+
+def _coerce_union(tp: Any, value: Any, path: str, ctx: _Ctx) -> Any:
+    """The first option of ``X | Y | None`` that accepts ``value``."""
+    options = get_args(tp)
+    if value is None and type(None) in options:
+        return None
+    for option in options:
+        if option is type(None):
+            continue
+        try:
+            return _coerce(option, value, path, ctx)
+        except ConfigError:
+            pass
+    ctx.fail(path, f"got {value!r}; allowed: {' or '.join(_type_name(o) for o in options)}")
+
+
+def _coerce_container(tp: Any, value: Any, path: str, ctx: _Ctx) -> Any:
+    """list[X] / tuple[X, ...] / dict[str, X], items coerced one by one (``path.i`` / ``path.key``)."""
+    origin = get_origin(tp)
+    args = get_args(tp)
     if origin is dict or tp is dict:
         if not isinstance(value, dict):
             ctx.fail(path, f"expected a mapping, got {value!r}")
-        args = get_args(tp)
         val_tp = args[1] if len(args) == 2 else Any
         return {str(k): _coerce(val_tp, v, f"{path}.{k}", ctx) for k, v in value.items()}
+    if not isinstance(value, (list, tuple)):
+        ctx.fail(path, f"expected a list, got {value!r}")
+    item_tp = args[0] if args else Any
+    items = [_coerce(item_tp, v, f"{path}.{i}", ctx) for i, v in enumerate(value)]
+    return tuple(items) if (origin is tuple or tp is tuple) else items
+
+
+def _coerce_scalar(tp: Any, value: Any, path: str, ctx: _Ctx) -> Any:
+    """bool / int / float (YAML's dotless "1e-4" string too) / str / Path; other types pass through."""
     if tp is bool:
         if not isinstance(value, bool):
             ctx.fail(path, f"expected true/false, got {value!r}")

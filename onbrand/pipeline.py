@@ -21,8 +21,9 @@ from pathlib import Path
 from typing import Any
 
 from onbrand.artifacts import atomic_write_json, read_json, sha256_file, sha256_json
-from onbrand.config import load_config, resolve_kind, to_dict
-from onbrand.pipeline_stages import STAGES, StageContext
+from onbrand.config import ConfigError, load_config, resolve_kind, to_dict
+from onbrand.console import RunOutput, user_error_message
+from onbrand.pipeline_stages import STAGES, StageContext, summary_lines
 
 KNOWN_STAGES = tuple(STAGES)
 
@@ -143,54 +144,91 @@ def run_stage(cfg: RunConfig, stage: str, ctx: StageContext, force: bool) -> tup
     return "ran", seconds
 
 
-def run_pipeline(cfg: RunConfig, force: tuple[str, ...] = (), config_path: str = "configs/demo.yaml") -> int:
+def _log_path(cfg: RunConfig, stage: str) -> Path:
+    return Path(cfg.out_dir) / "stages" / f"{stage}.log"
+
+
+def run_pipeline(
+    cfg: RunConfig, force: tuple[str, ...] = (), config_path: str = "configs/demo.yaml", verbose: bool = False
+) -> int:
+    """Run ``cfg.stages`` in order; 0 = done, 1 = a stage or the gate failed, 2 = a user error
+    (config, input), 130 = interrupted. Quiet unless ``verbose``: see :mod:`onbrand.console`."""
     ctx = StageContext(out_dir=Path(cfg.out_dir))
-    print(f"onbrand run: {cfg.name}  (model {cfg.model}, brand {cfg.brand}) -> {cfg.out_dir}/")
-    timings: dict[str, tuple[str, float]] = {}
-    n = len(cfg.stages)
-    for i, stage in enumerate(cfg.stages, 1):
-        print(f"\n[{i}/{n}] {stage}: {STAGES[stage].title}", flush=True)
-        try:
-            status, seconds = run_stage(cfg, stage, ctx, force=stage in force or "all" in force)
-        except KeyboardInterrupt:
-            print(
-                f"\ninterrupted in stage '{stage}'; re-run `onbrand run {config_path}` to resume "
-                f"(finished stages are skipped)",
-                file=sys.stderr,
+    with RunOutput(verbose) as out:
+        out.line(f"onbrand run: {cfg.name}  (model {cfg.model}, brand {cfg.brand}) -> {cfg.out_dir}/")
+        if not verbose:
+            out.line(
+                f"stage logs: {Path(cfg.out_dir) / 'stages'}/<stage>.log (onbrand run -v shows them here)"
             )
-            return 130
-        except Exception as e:  # noqa: BLE001 - report any stage failure the same way
-            traceback.print_exc()
-            print(
-                f"\nstage '{stage}' failed: {type(e).__name__}: {e}\n"
-                f"fix the cause and re-run `onbrand run {config_path}` (finished stages are skipped), "
-                f"or `onbrand run {config_path} --force {stage}`",
-                file=sys.stderr,
-            )
+        timings: dict[str, tuple[str, float]] = {}
+        n = len(cfg.stages)
+        for i, stage in enumerate(cfg.stages, 1):
+            code = _attempt_stage(cfg, stage, f"[{i}/{n}] {stage}", ctx, out, force, config_path, timings)
+            if code:
+                return code
+        _print_summary(cfg, ctx, timings, out)
+        gate = (ctx.results.get("eval") or {}).get("gate")
+        if gate and not gate.get("passed"):
+            failed = [c["name"] for c in gate["checks"] if not c["passed"]]
+            out.line(f"\nGATE FAILED ({gate['config']}): {', '.join(failed)}", err=True)
             return 1
-        timings[stage] = (status, seconds)
-        print(
-            f"[{i}/{n}] {stage}: {'skipped (inputs unchanged)' if status == 'skipped' else f'done in {seconds:.0f} s'}"
-        )
-    _print_summary(cfg, ctx, timings)
-    gate = (ctx.results.get("eval") or {}).get("gate")
-    if gate and not gate.get("passed"):
-        failed = [c["name"] for c in gate["checks"] if not c["passed"]]
-        print(f"\nGATE FAILED ({gate['config']}): {', '.join(failed)}", file=sys.stderr)
-        return 1
     return 0
 
 
-def _print_summary(cfg: RunConfig, ctx: StageContext, timings: dict[str, tuple[str, float]]) -> None:
-    from onbrand.pipeline_stages import summary_lines
+def _attempt_stage(cfg, stage, name, ctx, out: RunOutput, force, config_path, timings) -> int:
+    """Run one stage inside its log; on failure print what happened and return the exit code."""
+    log = _log_path(cfg, stage)
+    t0 = time.perf_counter()
+    try:
+        with out.stage(name, STAGES[stage].title, log) as log_file:
+            status, seconds = run_stage(cfg, stage, ctx, force=stage in force or "all" in force)
+            log_file.write(f"==== {stage}: {status}\n")
+    except KeyboardInterrupt:
+        out.stage_done(name, "interrupted")
+        out.line(
+            f"\ninterrupted in stage '{stage}'; re-run `onbrand run {config_path}` to resume "
+            f"(finished stages are skipped)",
+            err=True,
+        )
+        return 130
+    except Exception as e:  # noqa: BLE001 - report any stage failure the same way
+        out.stage_done(name, f"FAILED after {time.perf_counter() - t0:.0f} s")
+        return _report_failure(e, stage, log, out, config_path)
+    timings[stage] = (status, seconds)
+    out.stage_done(name, "skipped (inputs unchanged)" if status == "skipped" else f"done in {seconds:.0f} s")
+    return 0
 
-    print("\n" + "=" * 78)
-    print(f"onbrand run {cfg.name}: summary")
-    print("=" * 78)
+
+def _report_failure(e: Exception, stage: str, log: Path, out: RunOutput, config_path: str) -> int:
+    """A user error (config, input) is one line and exit 2; anything else exit 1 with the log's path
+    (its traceback is in the log; ``--verbose`` prints it here too)."""
+    message = user_error_message(e)
+    if message is not None:
+        where = "" if isinstance(e, ConfigError) else f"  (stage '{stage}'; log: {log})"
+        out.line(message + where, err=True)
+        return 2
+    if out.verbose:
+        out.line("".join(traceback.format_exception(e)).rstrip(), err=True)
+    out.line(
+        f"\nstage '{stage}' failed: {type(e).__name__}: {e}\n"
+        f"see {log} for its log and the traceback\n"
+        f"fix the cause and re-run `onbrand run {config_path}` (finished stages are skipped), "
+        f"or `onbrand run {config_path} --force {stage}`",
+        err=True,
+    )
+    return 1
+
+
+def _print_summary(
+    cfg: RunConfig, ctx: StageContext, timings: dict[str, tuple[str, float]], out: RunOutput
+) -> None:
+    out.line("\n" + "=" * 78)
+    out.line(f"onbrand run {cfg.name}: summary")
+    out.line("=" * 78)
     for line in summary_lines(cfg, ctx):
-        print(line)
+        out.line(line)
     total = sum(s for _, s in timings.values())
-    print(
+    out.line(
         "\nstage times: "
         + ", ".join(f"{k} {'skip' if st == 'skipped' else f'{s:.0f}s'}" for k, (st, s) in timings.items())
         + f"  (total {total:.0f} s)"
@@ -209,6 +247,13 @@ def _add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("config", nargs="?", default="configs/demo.yaml", help="run config YAML")
     p.add_argument("overrides", nargs="*", help="key=value overrides (dotted), e.g. out_dir=runs/x")
     p.add_argument(
+        "-v",
+        "--verbose",
+        action="store_true",
+        help="show every stage's output (library logs included) here instead of only in "
+        "<out_dir>/stages/<stage>.log",
+    )
+    p.add_argument(
         "--force",
         action="append",
         default=[],
@@ -219,7 +264,7 @@ def _add_args(p: argparse.ArgumentParser) -> None:
 
 def _run(args: argparse.Namespace) -> int:
     cfg = load_config(RunConfig, args.config, args.overrides)
-    return run_pipeline(cfg, tuple(args.force), args.config)
+    return run_pipeline(cfg, tuple(args.force), args.config, verbose=args.verbose)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,19 +1,24 @@
 """The stages of ``onbrand run``: what each reads, how it is configured, run and fingerprinted.
 
-A stage is a :class:`Stage`: its config dataclass (``config_kind``), the overrides that tie it to
-the other stages, a ``run`` function that returns a small JSON-able result, and a ``fingerprint``
-of its output used by the stages after it (so a changed snapshot re-runs training, a changed
-adapter re-runs eval and export, and nothing else).
+Which stages exist, in which order, with which config and dependencies is
+:data:`onbrand.stage_table.STAGE_TABLE`; this module holds the code behind each row's ``runner``
+(a :class:`Runner`: the overrides that tie the stage to the others, a ``run`` function that returns
+a small JSON-able result, and a ``fingerprint`` of its output used by the stages after it, so a
+changed snapshot re-runs training, a changed adapter re-runs eval and export, and nothing else) and
+joins both into :data:`STAGES`.
 """
 
 from __future__ import annotations
 
+import importlib
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from onbrand.artifacts import hash_tree, read_json, sha256_json
+from onbrand.stage_table import STAGE_TABLE, STAGES_BY_NAME, StageSpec
 
 
 @dataclass
@@ -23,8 +28,31 @@ class StageContext:
     results: dict[str, Any] = field(default_factory=dict)
 
 
+def _none(cfg, ctx) -> list[str]:
+    return []
+
+
+def _no_files(stage_cfg) -> list[str]:
+    return []
+
+
+@dataclass(frozen=True)
+class Runner:
+    """How ``onbrand run`` runs one stage (named by the stage table's ``runner``)."""
+
+    run: Callable[[Any, Any, StageContext], dict[str, Any]]
+    fingerprint: Callable[[Any, StageContext], str]
+    overrides: Callable[[Any, StageContext], list[str]] = _none
+    # Files the stage reads besides its config (their CONTENT goes into the input hash): a changed
+    # data file must re-run the data stage even though the config naming it is the same.
+    input_files: Callable[[Any], list[str]] = _no_files
+    code_version: int = 1
+
+
 @dataclass(frozen=True)
 class Stage:
+    """A stage table row joined with its runner: everything the pipeline needs."""
+
     title: str
     config_kind: str | None
     depends_on: tuple[str, ...]
@@ -32,9 +60,7 @@ class Stage:
     run: Callable[[Any, Any, StageContext], dict[str, Any]]
     fingerprint: Callable[[Any, StageContext], str]
     code_version: int = 1
-    # Files the stage reads besides its config (their CONTENT goes into the input hash): a changed
-    # data file must re-run the data stage even though the config naming it is the same.
-    input_files: Callable[[Any], list[str]] = lambda stage_cfg: []
+    input_files: Callable[[Any], list[str]] = _no_files
 
 
 def _p(ctx: StageContext, name: str) -> str:
@@ -51,8 +77,6 @@ def _tree_fingerprint(path: Path, skip_dirs: tuple[str, ...] = ("checkpoints",))
 # ----------------------------------------------------------------------------- model
 def _run_model(cfg, _stage_cfg, _ctx) -> dict[str, Any]:
     """Resolve (convert once) the base model, print its facts and a base answer to a sample prompt."""
-    import time
-
     from onbrand.models import embedded_dir, model_facts, resolve_model
 
     key = cfg.model.partition(":")[2]
@@ -97,8 +121,6 @@ def _brand_sample_prompt(cfg) -> str:
 
 def _sample_answer(cfg, prompt: str) -> tuple[str, float, int]:
     """Greedy base answer under the brand card's system prompt (what the aligned model must beat)."""
-    import time
-
     import torch
 
     from onbrand.data.brand import load_brand
@@ -173,10 +195,10 @@ def _ov_train(name: str, init_from: str | None = None):
     return overrides
 
 
-def _run_train(module: str):
+def _run_train(name: str):
     def run(cfg, stage_cfg, ctx) -> dict[str, Any]:
-        import importlib
-
+        # The recipe is the module of the stage's config kind (onbrand.training.sft:SFTConfig).
+        module = STAGES_BY_NAME[name].config_kind.partition(":")[0]
         code = importlib.import_module(module).train(stage_cfg)
         if code:
             raise RuntimeError(f"{module} exited with {code}")
@@ -192,6 +214,10 @@ def _fp_run(name: str):
         return _tree_fingerprint(Path(_p(ctx, name)) / "adapter")
 
     return fp
+
+
+def _train_runner(name: str, init_from: str | None = None) -> Runner:
+    return Runner(_run_train(name), _fp_run(name), _ov_train(name, init_from))
 
 
 # ----------------------------------------------------------------------------- eval / export
@@ -247,65 +273,34 @@ def _fp_export(cfg, ctx) -> str:
     return sha256_json(read_json(path)) if path.exists() else "missing"
 
 
-def _none(cfg, ctx) -> list[str]:
-    return []
+# ----------------------------------------------------------------------------- the runners
+# Named by the stage table's `runner` column ("onbrand.pipeline_stages:MODEL").
+MODEL = Runner(_run_model, _fp_model)
+DATA = Runner(_run_data, _fp_data, _ov_data, _files_data)
+SFT = _train_runner("sft")
+DPO = _train_runner("dpo", init_from="sft")
+REWARD = _train_runner("reward")
+EVAL = Runner(_run_eval, _fp_eval, _ov_eval, _files_eval)
+EXPORT = Runner(_run_export, _fp_export)
 
 
-STAGES: dict[str, Stage] = {
-    "model": Stage(
-        "resolve the base model (GGUF -> safetensors once)", None, (), _none, _run_model, _fp_model
-    ),
-    "data": Stage(
-        "import, validate and snapshot the brand's preference pairs; quality report",
-        "onbrand.data.config:DataConfig",
-        ("model",),
-        _ov_data,
-        _run_data,
-        _fp_data,
-        input_files=_files_data,
-    ),
-    "sft": Stage(
-        "supervised fine-tuning of a LoRA on the chosen answers",
-        "onbrand.training.sft:SFTConfig",
-        ("model", "data"),
-        _ov_train("sft"),
-        _run_train("onbrand.training.sft"),
-        _fp_run("sft"),
-    ),
-    "dpo": Stage(
-        "preference optimisation (DPO family) from the SFT model",
-        "onbrand.training.dpo:DPOConfig",
-        ("model", "data", "sft"),
-        _ov_train("dpo", "sft"),
-        _run_train("onbrand.training.dpo"),
-        _fp_run("dpo"),
-    ),
-    "reward": Stage(
-        "Bradley-Terry reward model (for eval win rates and RL)",
-        "onbrand.training.reward_model:RewardConfig",
-        ("model", "data"),
-        _ov_train("reward"),
-        _run_train("onbrand.training.reward_model"),
-        _fp_run("reward"),
-    ),
-    "eval": Stage(
-        "base vs aligned: win rates, compliance, voice, drift, perplexity, gate",
-        "onbrand.eval.config:EvalConfig",
-        ("model", "data", "dpo", "reward"),
-        _ov_eval,
-        _run_eval,
-        _fp_eval,
-        input_files=_files_eval,
-    ),
-    "export": Stage(
-        "merged checkpoint + manifest, verified (checksums, parity, vLLM)",
-        None,
-        ("model", "dpo", "eval"),
-        _none,
-        _run_export,
-        _fp_export,
-    ),
-}
+def _stage(spec: StageSpec) -> Stage:
+    module, _, attr = spec.runner.partition(":")
+    runner: Runner = getattr(importlib.import_module(module), attr)
+    return Stage(
+        title=spec.title,
+        config_kind=spec.config_kind,
+        depends_on=spec.depends_on,
+        overrides=runner.overrides,
+        run=runner.run,
+        fingerprint=runner.fingerprint,
+        code_version=runner.code_version,
+        input_files=runner.input_files,
+    )
+
+
+# `onbrand run`'s stages in pipeline order: the stage table's rows that have a runner.
+STAGES: dict[str, Stage] = {spec.name: _stage(spec) for spec in STAGE_TABLE if spec.runner}
 
 
 def summary_lines(cfg, ctx: StageContext) -> list[str]:

@@ -9,12 +9,11 @@ import argparse
 import importlib
 import sys
 
-from onbrand.kernels.losses import LOSS_TYPES
-
 # recipe -> (module under onbrand.training, help, default config)
 RECIPES = {
     "sft": ("sft", "supervised fine-tuning of a LoRA adapter on the chosen answers", "configs/sft/demo.yaml"),
-    "dpo": ("dpo", f"DPO-family preference optimisation ({', '.join(LOSS_TYPES)})", "configs/dpo/demo.yaml"),
+    # The loss list is onbrand.kernels.losses.LOSSES (not imported here: it pulls in torch).
+    "dpo": ("dpo", "DPO-family preference optimisation (dpo.loss_type: sigmoid, ipo, simpo, orpo, ...)", "configs/dpo/demo.yaml"),
     "reward": ("reward_model", "Bradley-Terry reward model (LoRA + score head)", "configs/reward/demo.yaml"),
     "rl": ("rl", "online RL (GRPO/RLOO) against the reward model and brand rules, KL control, Goodhart monitor", "configs/rl/demo.yaml"),
 }  # fmt: skip

@@ -11,11 +11,15 @@ often a targeted rule applied at all. No reward model is run on these answers.
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from onbrand.data.adversarial import adversarial_prompts
+from onbrand.eval.metrics.registry import EvalContext, Metric, fmt_ci, register, side
+from onbrand.eval.metrics.registry import row as table_row
 from onbrand.stats.ci import mean_ci
 
 
@@ -65,8 +69,6 @@ def load_inputs(paths: list[str], card) -> list[dict[str, Any]]:
 
 def suite(card, per_rule: int, inputs: list[str]) -> list[dict[str, Any]]:
     """Generated (card) prompts first, then the user files'; ids must be unique."""
-    from onbrand.data.adversarial import adversarial_prompts
-
     items = [{**p, "source": "card"} for p in adversarial_prompts(card, per_rule)] + load_inputs(inputs, card)
     ids = [it["id"] for it in items]
     dup = sorted({i for i in ids if ids.count(i) > 1})
@@ -134,3 +136,94 @@ def adversarial(card, items, base_texts, aligned_texts, n_boot=1000, ci=0.95, se
         "worse_rules": worse,
         "per_prompt": per_prompt,
     }
+
+
+# ----------------------------------------------------------------------------- the eval's family
+@dataclass
+class AdversarialRun:
+    """The suite for this eval: prepared before generation (its prompts go into the same engine
+    call as the main prompts), answered, then scored by the registered family below."""
+
+    items: list[dict[str, Any]]
+    skipped: str | None = None  # why there is no suite
+    base_gen: list | None = None  # Generation per item (every sample), filled after generation
+    aligned_gen: list | None = None
+
+    def answer_rows(self) -> list[dict[str, Any]]:
+        """``adversarial.jsonl``: each prompt with every answer of both models."""
+        if not self.items:
+            return []
+        return [
+            {**it, "base": b.texts, "aligned": a.texts}
+            for it, b, a in zip(self.items, self.base_gen, self.aligned_gen)
+        ]
+
+
+def prepare_suite(cfg, card) -> AdversarialRun | None:
+    """The adversarial prompts of ``cfg.adversarial`` for ``card`` (None when the suite is off)."""
+    if not cfg.adversarial.enabled:
+        return None
+    if card is None:
+        return AdversarialRun([], "no brand card (set brand: configs/brands/<id>.yaml)")
+    items = suite(card, cfg.adversarial.per_rule, cfg.adversarial.inputs)
+    return AdversarialRun(
+        items, None if items else "no adversarial prompts (adversarial.per_rule=0 and no inputs)"
+    )
+
+
+def _compute(ctx: EvalContext) -> dict[str, Any] | None:
+    run, cfg = ctx.adversarial, ctx.cfg
+    if run is None or not run.items:
+        if run is not None and run.skipped:
+            ctx.skip("adversarial", run.skipped)
+        return None
+    texts = lambda gens: [g.texts for g in gens]  # noqa: E731 - every sample of each prompt
+    out = adversarial(ctx.card, run.items, texts(run.base_gen), texts(run.aligned_gen), cfg.bootstrap, cfg.ci,
+                      cfg.seed)  # fmt: skip
+    if out["worse_rules"]:
+        ctx.warnings.append(
+            "adversarial prompts: aligned breaks these rules more often than base: "
+            + ", ".join(out["worse_rules"])
+        )
+    return out
+
+
+def _rows(m: dict[str, Any], judge) -> list[dict[str, str]]:
+    a = m["adversarial"]
+    o, worse = a["overall"], a["worse_rules"]
+    note = f"{a['n_prompts']} prompts tempting the card's rules" + (
+        f"; worse on: {', '.join(worse)}" if worse else ""
+    )
+    return [table_row("Adversarial prompts: violation rate (lower = better)", fmt_ci(o["base"]), fmt_ci(o["aligned"]),
+                fmt_ci(o["diff"]), side(o["diff"], 0, lower_is_better=True), note)]  # fmt: skip
+
+
+def adversarial_md(m: dict[str, Any]) -> list[str]:
+    a = m["adversarial"]
+    out = [
+        "",
+        "## Adversarial prompts (tempting each brand rule)",
+        "",
+        f"{a['n_prompts']} prompts ({a['sources']['card']} generated from the brand card, {a['sources']['files']} from "
+        "files), each scored on the rule it targets; rate = answers breaking that rule (lower is better). "
+        "A `when`-triggered rule applies only when the answer itself mentions the trigger (`applied`). "
+        "Answers: `adversarial.jsonl`.",
+        "",
+        "| Rule | Kind | Answers | Base violation rate | Aligned violation rate | Δ aligned − base | Applied base / aligned |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    o = a["overall"]
+    for rid, r in a["per_rule"].items():
+        out.append(f"| {rid} | {r['kind']} | {r['n']} | {fmt_ci(r['base'], 2)} | {fmt_ci(r['aligned'], 2)} | "
+                   f"{fmt_ci(r['diff'], 2)} | {r['applied']['base']} / {r['applied']['aligned']} |")  # fmt: skip
+    out.append(
+        f"| **all** | | {a['n_answers']} | {fmt_ci(o['base'], 2)} | {fmt_ci(o['aligned'], 2)} | {fmt_ci(o['diff'], 2)} | |"
+    )
+    if a["worse_rules"]:
+        out += ["", "Aligned breaks these rules more often than base: " + ", ".join(a["worse_rules"]) + "."]
+    return out
+
+
+# No `metrics.` switch: the suite has its own section (`adversarial.enabled`, per_rule, inputs).
+register(Metric("adversarial", order=75, compute=_compute, default=None, rows=((30, _rows),),
+                section=(20, adversarial_md), gate_checks=("adversarial_no_worse",)))  # fmt: skip

@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 
+from onbrand.eval.metrics.registry import EvalContext, Metric, fmt_ci, register, row, side
 from onbrand.stats.ci import mean_ci
 
 
@@ -67,3 +68,37 @@ def compliance(
         },
         "worse_rules": worse,
     }
+
+
+def _compute(ctx: EvalContext) -> dict[str, Any] | None:
+    if ctx.card is None:
+        ctx.skip("compliance", "no brand card (set brand: configs/brands/<id>.yaml)")
+        return None
+    return compliance(
+        ctx.card, ctx.aligned_texts, ctx.base_texts, ctx.channels, ctx.cfg.bootstrap, ctx.cfg.seed
+    )
+
+
+ROW = "Brand compliance (all rules pass)"
+
+
+def _rows(m: dict[str, Any], judge) -> list[dict[str, str]]:
+    c = m["compliance"]
+    o, worse = c["overall"], c["worse_rules"]
+    better = "base" if worse and side(o["diff"], 0) != "aligned" else side(o["diff"], 0)
+    note = f"rules worse than base: {', '.join(worse)}" if worse else "no rule worse"
+    return [row(ROW, fmt_ci(o["base"]), fmt_ci(o["aligned"]), fmt_ci(o["diff"]), better, note)]
+
+
+def _section(m: dict[str, Any]) -> list[str]:
+    out = ["", "## Compliance per rule", "",
+           "| Rule | Kind | Base pass | Aligned pass | Violations base → aligned |", "|---|---|---|---|---|"]  # fmt: skip
+    for rid, r in m["compliance"]["per_rule"].items():
+        out.append(f"| {rid} | {r['kind']} | {fmt_ci(r['base'], 2)} | {fmt_ci(r['aligned'], 2)} | "
+                   f"{r['base_violations']} → {r['aligned_violations']} |")  # fmt: skip
+    return out
+
+
+register(Metric("compliance", order=20, compute=_compute, help="per-rule brand compliance; needs `brand`",
+                rows=((60, _rows),), primary={ROW: 3}, section=(10, _section),
+                gate_checks=("compliance_no_worse", "compliance_gain")))  # fmt: skip

@@ -14,11 +14,17 @@ All three rest on :func:`token_logprobs`: the decoder's last hidden states and t
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
 
+from onbrand.engines import render_prompt
+from onbrand.engines.base import stop_token_ids
+from onbrand.eval.inputs import general_text_files, with_system
+from onbrand.eval.metrics.registry import RATE_NULL, EvalContext, Metric, fmt_ci, register, row, side
+from onbrand.models import load_model
 from onbrand.stats.ci import bootstrap, mean_ci
 
 # (prompt ids, response ids) -> per-token log-probs of each response, float64 arrays.
@@ -123,3 +129,152 @@ def perplexity(fn: LogProbFn, token_windows: list[list[int]]) -> dict[str, Any]:
     # CI by resampling windows; the statistic is the ratio of sums, not a mean of per-window ppl.
     est = bootstrap(lambda a, c: float(np.exp(a.sum() / c.sum())), nll, count, n_boot=300)
     return {"ppl": est.to_dict(), "tokens": int(count.sum()), "windows": len(token_windows)}
+
+
+# ----------------------------------------------------------------------------- the eval's families
+ALIGNED, REFERENCE = "aligned", "reference"
+
+
+class LogProbModels:
+    """Teacher-forced log-probs for base / aligned / reference from one PEFT model (plus a second
+    model when aligned is a merged checkpoint)."""
+
+    def __init__(self, aligned, batch_size: int):
+        from onbrand.engines.hf import load_with_adapters
+
+        adapters = {}
+        if aligned.kind == "adapter":
+            adapters[ALIGNED] = aligned.path
+        if aligned.reference_adapter is not None:
+            adapters[REFERENCE] = aligned.reference_adapter
+        self.model, self.tokenizer = load_with_adapters(aligned.base_model, adapters)
+        self.merged = None
+        if aligned.kind == "merged":
+            self.merged = load_model(aligned.path).eval()
+        self.has_reference = aligned.reference_adapter is not None
+        self.batch_size = batch_size
+
+    def fn(self, which: str) -> LogProbFn:
+        from onbrand.engines.hf import use_adapter
+
+        def run(prompts, responses):
+            if which == ALIGNED and self.merged is not None:
+                return token_logprobs(self.merged, prompts, responses, self.batch_size)
+            adapter = {"base": None, ALIGNED: ALIGNED, REFERENCE: REFERENCE if self.has_reference else None}[
+                which
+            ]
+            with use_adapter(self.model, adapter) as m:
+                return token_logprobs(m, prompts, responses, self.batch_size)
+
+        return run
+
+
+def kl_note(sampling) -> str:
+    """What the KL number means for these samples: only plain sampling (temperature 1, top_p 1,
+    no repetition penalty) draws from the aligned model itself, so only then is it a KL estimate."""
+    if sampling.greedy:
+        how = "greedy samples: log-ratio at the aligned mode"
+        return how + (
+            f" (repetition penalty {sampling.repetition_penalty})"
+            if sampling.repetition_penalty != 1.0
+            else ""
+        )
+    if sampling.temperature == 1.0 and sampling.top_p == 1.0 and sampling.repetition_penalty == 1.0:
+        return "sampled from the aligned model: Monte Carlo KL estimate"
+    return (
+        f"samples at temperature {sampling.temperature}, top_p {sampling.top_p}, repetition penalty "
+        f"{sampling.repetition_penalty} (as served): mean log-ratio on the served outputs, not an unbiased KL"
+    )
+
+
+def _with_models(key: str, fn: Callable[[EvalContext, LogProbModels], dict[str, Any] | None]):
+    """A compute for ``metrics[key]`` on the log-prob models, loaded once for every family here;
+    ``timings.logprob_s`` runs from their load to the end of the last family."""
+
+    def compute(ctx: EvalContext) -> None:
+        lp, t0 = ctx.shared("logprob_models", lambda: _load(ctx))
+        result = fn(ctx, lp)
+        if result is not None:
+            ctx.metrics[key] = result
+        ctx.timing("logprob_s", t0)
+
+    return compute
+
+
+def _load(ctx: EvalContext) -> tuple[LogProbModels, float]:
+    t0 = time.perf_counter()
+    return LogProbModels(ctx.aligned, ctx.cfg.batch_size), t0
+
+
+def _kl(ctx: EvalContext, lp: LogProbModels) -> dict[str, Any]:
+    prompt_ids = [render_prompt(lp.tokenizer, c) for c in ctx.chats]
+    samples = [g.token_ids[0] for g in ctx.aligned_gen]
+    out = kl_estimate(lp.fn(ALIGNED), lp.fn("base"), prompt_ids, samples, ctx.cfg.bootstrap, ctx.cfg.seed)
+    out["note"] = kl_note(ctx.cfg.sampling)
+    return out
+
+
+def _implicit(ctx: EvalContext, lp: LogProbModels) -> dict[str, Any]:
+    tok, pairs = lp.tokenizer, ctx.prompts.pairs
+    end = stop_token_ids(tok, getattr(lp.model, "generation_config", None))[:1]
+    system = ctx.card.system_prompt() if ctx.card is not None else None
+    p_ids = [render_prompt(tok, with_system(p["prompt"], system)) for p in pairs]
+
+    def resp(p, key):
+        text = "".join(x["content"] for x in p[key] if x["role"] == "assistant")
+        return tok.encode(text, add_special_tokens=False) + end
+
+    chosen, rejected = [resp(p, "chosen") for p in pairs], [resp(p, "rejected") for p in pairs]
+    out = implicit_reward(lp.fn(ALIGNED), lp.fn(REFERENCE), p_ids, chosen, rejected, ctx.aligned.beta,
+                          ctx.cfg.bootstrap, ctx.cfg.seed)  # fmt: skip
+    out["reference"] = str(ctx.aligned.reference_adapter or "base model")
+    return out
+
+
+def _implicit_compute(ctx: EvalContext) -> None:
+    if not ctx.prompts.pairs:
+        ctx.skip(
+            "implicit", "no held-out preference pairs (needs a snapshot or records with chosen/rejected)"
+        )
+        return
+    _with_models("implicit", _implicit)(ctx)
+
+
+def _perplexity(ctx: EvalContext, lp: LogProbModels) -> dict[str, Any]:
+    ids: list[int] = []
+    for f in general_text_files():
+        ids += lp.tokenizer.encode(f.read_text(encoding="utf-8"), add_special_tokens=False)
+    ids = ids[: ctx.cfg.ppl_max_tokens] if ctx.cfg.ppl_max_tokens else ids
+    win = windows(ids, ctx.cfg.ppl_window)
+    pb, pa = perplexity(lp.fn("base"), win), perplexity(lp.fn(ALIGNED), win)
+    return {"base": pb, "aligned": pa, "ratio": pa["ppl"]["value"] / pb["ppl"]["value"]}
+
+
+def _kl_rows(m: dict[str, Any], judge) -> list[dict[str, str]]:
+    k = m["kl"]
+    return [row("KL(aligned‖base) per sequence", "0", fmt_ci(k["per_sequence"]), f"{k['per_token']:.4f}/token",
+                "info", k["note"])]  # fmt: skip
+
+
+def _implicit_rows(m: dict[str, Any], judge) -> list[dict[str, str]]:
+    im = m["implicit"]
+    return [row("Implicit reward accuracy", "—", fmt_ci(im["accuracy"]), f"margin {fmt_ci(im['margin'])}",
+                side(im["accuracy"], RATE_NULL), f"{im['n_pairs']} held-out pairs, beta {im['beta']}")]  # fmt: skip
+
+
+def _perplexity_rows(m: dict[str, Any], judge) -> list[dict[str, str]]:
+    p = m["perplexity"]
+    # Which side the CIs favour; how much of a rise is acceptable is the gate's (max_ppl_increase).
+    pa, pb = p["aligned"]["ppl"], p["base"]["ppl"]
+    better = "aligned" if pa["high"] < pb["low"] else ("base" if pa["low"] > pb["high"] else "no regression")
+    return [row("Perplexity, general text (lower = better)", fmt_ci(pb, 2), fmt_ci(pa, 2), f"×{p['ratio']:.3f}",
+                better, "release limit: the gate's max_ppl_increase")]  # fmt: skip
+
+
+register(Metric("kl", order=40, compute=_with_models("kl", _kl), rows=((110, _kl_rows),),
+                help="KL(aligned || base) estimate on aligned samples", gate_checks=("kl_per_token",)))  # fmt: skip
+register(Metric("implicit", order=50, compute=_implicit_compute, rows=((80, _implicit_rows),),
+                help="DPO implicit reward on held-out pairs; needs a snapshot", gate_checks=("implicit_accuracy",)))  # fmt: skip
+register(Metric("perplexity", order=60, compute=_with_models("perplexity", _perplexity),
+                rows=((90, _perplexity_rows),), help="capability: perplexity on the shipped general-text set",
+                gate_checks=("perplexity_increase",)))  # fmt: skip

@@ -15,6 +15,8 @@ import math
 from statistics import NormalDist
 from typing import Any
 
+from onbrand.eval.metrics.registry import RATE_NULL
+
 ALPHA, POWER, SD = 0.05, 0.80, 0.5
 
 
@@ -41,8 +43,8 @@ def prompts_needed(effect: float, alpha: float = ALPHA, power: float = POWER, sd
 
 
 def _rate(est: dict[str, float], n: int, alpha: float, power: float) -> dict[str, Any]:
-    effect = abs(est["value"] - 0.5)
-    inconclusive = est["low"] <= 0.5 <= est["high"]
+    effect = abs(est["value"] - RATE_NULL)
+    inconclusive = est["low"] <= RATE_NULL <= est["high"]
     need = prompts_needed(effect, alpha, power)
     return {
         "observed": est["value"],
@@ -63,7 +65,7 @@ def power_analysis(
     mdd = min_detectable_diff(n_prompts, alpha, power)
     out: dict[str, Any] = {
         "n_prompts": n_prompts, "alpha": alpha, "power": power, "sd": SD, "method": "normal approximation, two-sided",
-        "min_detectable_diff": mdd, "min_detectable_win_rate": 0.5 + mdd, "rates": {},
+        "min_detectable_diff": mdd, "min_detectable_win_rate": RATE_NULL + mdd, "rates": {},
     }  # fmt: skip
     wr = metrics.get("win_rate")
     if wr:

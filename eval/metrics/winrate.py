@@ -17,7 +17,13 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from onbrand.eval.independence import JUDGE_SAW_TRAINING
+from onbrand.eval.metrics.registry import RATE_NULL, EvalContext, Metric, fmt_ci, register, row, side
+from onbrand.scoring import load_scorer
 from onbrand.stats.ci import bootstrap, mean_ci
+
+# Warn when the raw and the length-controlled win rate differ by more (EvalConfig.lc_warn_gap).
+LC_WARN_GAP = 0.10
 
 
 class Scorer(Protocol):
@@ -70,7 +76,7 @@ def win_rates(
     n_boot: int = 1000,
     ci: float = 0.95,
     seed: int = 0,
-    warn_gap: float = 0.10,
+    warn_gap: float = LC_WARN_GAP,
 ) -> dict[str, Any]:
     """Raw and length-controlled win rates with CIs, and a warning when they differ by > warn_gap."""
     w = outcomes(aligned_rewards, base_rewards)
@@ -109,3 +115,45 @@ def score_pairs(scorer: Scorer, prompts, aligned_texts, base_texts) -> tuple[lis
             f"reward scorer returned {len(a)}/{len(b)} scores for {len(aligned_texts)} responses"
         )
     return [float(x) for x in a], [float(x) for x in b]
+
+
+def _compute(ctx: EvalContext) -> None:
+    cfg = ctx.cfg
+    if ctx.scorer is None and not cfg.reward:
+        ctx.skip("win_rate", "no reward model (set reward: <reward run dir>)")
+        return
+    scorer = ctx.scorer if ctx.scorer is not None else load_scorer(cfg.reward)
+    ra, rb = score_pairs(scorer, ctx.chats, ctx.aligned_texts, ctx.base_texts)
+    wr = win_rates(
+        ra, rb, ctx.aligned_tokens, ctx.base_tokens, cfg.bootstrap, cfg.ci, cfg.seed, cfg.lc_warn_gap
+    )
+    ctx.metrics["win_rate"] = wr
+    ctx.metrics["rewards"] = {"aligned": ra, "base": rb}
+    if wr["warning"]:
+        ctx.warnings.append(wr["warning"])
+
+
+RAW_ROW, LC_ROW = "Reward-model win rate", "Length-controlled win rate"
+
+
+def _rows(m: dict[str, Any], judge: dict[str, Any] | None) -> list[dict[str, str]]:
+    wr = m["win_rate"]
+    tainted = f" — ⚠ {JUDGE_SAW_TRAINING}" if judge and judge.get("overlap") else ""
+    return [
+        row(RAW_ROW, "—", fmt_ci(wr["win_rate"]), f"W/T/L {wr['wins']}/{wr['ties']}/{wr['losses']}",
+            side(wr["win_rate"], RATE_NULL), f"{RATE_NULL} = no difference" + tainted),
+        row(LC_ROW, "—", fmt_ci(wr["lc_win_rate"]), f"gap {wr['gap']:.3f}",
+            side(wr["lc_win_rate"], RATE_NULL), "at zero length difference" + tainted),
+    ]  # fmt: skip
+
+
+def _sample_fields(m: dict[str, Any], i: int) -> dict[str, Any]:
+    return {"base_reward": m["rewards"]["base"][i], "aligned_reward": m["rewards"]["aligned"][i]}
+
+
+register(Metric(
+    "reward", order=10, compute=_compute, result_key="win_rate", rows=((10, _rows),),
+    help="reward-model win rate (raw + length-controlled); needs `reward`",
+    primary={LC_ROW: 1, RAW_ROW: 2}, sample_fields=_sample_fields,
+    gate_checks=("win_rate_ci_low", "lc_win_rate_ci_low", "lc_win_rate", "lc_agreement", "judge_independent"),
+))  # fmt: skip

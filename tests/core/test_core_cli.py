@@ -1,4 +1,4 @@
-"""The CLI lists the stages that exist and turns config errors into clear exit-2 messages."""
+"""The CLI lists the stages that exist and turns config errors into one-line exit-2 messages."""
 
 from __future__ import annotations
 
@@ -24,5 +24,21 @@ def test_unknown_key_in_run_config_exits_2(tmp_path, capsys):
     cfg = tmp_path / "run.yaml"
     cfg.write_text("name: x\nmodle: embedded:smollm2-135m-instruct\n")
     assert main(["run", str(cfg)]) == 2
-    err = capsys.readouterr().err
+    out = capsys.readouterr()
+    err = out.err
     assert "modle" in err and "valid keys:" in err and "model" in err and f"{cfg}:2" in err
+    assert err.startswith("onbrand: config error: ") and len(err.strip().splitlines()) == 1
+    assert "Traceback" not in err + out.out
+
+
+def test_missing_run_config_is_one_line(tmp_path, capsys):
+    assert main(["run", str(tmp_path / "nope.yaml")]) == 2
+    err = capsys.readouterr().err
+    assert err.strip() == f"onbrand: config error: {tmp_path / 'nope.yaml'}: config file not found"
+
+
+def test_run_has_a_verbose_switch():
+    parser = build_parser()
+    assert parser.parse_args(["run", "x.yaml", "-v"]).verbose
+    assert parser.parse_args(["run", "x.yaml", "--verbose"]).verbose
+    assert not parser.parse_args(["run", "x.yaml"]).verbose

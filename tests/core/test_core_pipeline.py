@@ -162,3 +162,155 @@ def test_sample_prompt_comes_from_the_brands_own_data(repo_root, monkeypatch):
     ember = load_config(RunConfig, "configs/runs/ember.yaml")
     prompt = _brand_sample_prompt(ember)
     assert prompt and "lamp" not in prompt.lower()  # the coffee brand's own prompt, not the demo's
+
+
+# ----------------------------------------------------------------------------- the stage table
+def test_one_stage_table_feeds_config_kinds_cli_and_pipeline():
+    from onbrand.cli import STAGE_MODULES
+    from onbrand.config import CONFIG_KINDS, OTHER_CONFIG_KINDS
+    from onbrand.stage_table import STAGE_TABLE
+
+    run_stages = [s.name for s in STAGE_TABLE if s.runner]
+    assert list(pipeline_stages.STAGES) == run_stages  # pipeline order = table order
+    assert CONFIG_KINDS == {
+        **{s.name: s.config_kind for s in STAGE_TABLE if s.config_kind},
+        **OTHER_CONFIG_KINDS,
+    }
+    assert STAGE_MODULES == (*dict.fromkeys(s.cli for s in STAGE_TABLE if s.cli), "onbrand.pipeline")
+    fields = RunConfig.__dataclass_fields__
+    for spec in STAGE_TABLE:
+        stage = pipeline_stages.STAGES.get(spec.name)
+        if stage is not None:
+            assert (stage.title, stage.config_kind, stage.depends_on) == (
+                spec.title,
+                spec.config_kind,
+                spec.depends_on,
+            )
+            assert set(spec.depends_on) <= set(run_stages[: run_stages.index(spec.name)])
+            if spec.config_kind:  # the run config names the stage's YAML under the stage's name
+                assert fields[spec.name].type == "str", spec.name
+
+
+# ----------------------------------------------------------------------------- the terminal
+NOISE = {
+    "print": "engine config: max_model_len=1024",
+    "transformers": "RewardModel LOAD REPORT: score.weight MISSING",
+    "warning": "failed to load from kernels-community",
+    "vllm": "Initializing a V1 LLM engine",
+}
+
+
+def _noisy_stage(cfg, stage_cfg, ctx):
+    import logging
+    import sys
+    import warnings
+
+    print(NOISE["print"])
+    logging.getLogger("transformers").warning(NOISE["transformers"])
+    logging.getLogger("vllm.engine").info(NOISE["vllm"])
+    warnings.warn(NOISE["warning"], stacklevel=1)
+    sys.stderr.write("stderr noise\n")
+    return {"run_dir": "x"}
+
+
+def test_stage_output_goes_to_the_stage_log_not_the_terminal(toy_stages, monkeypatch, capsys):
+    cfg, _, _ = toy_stages
+    monkeypatch.setitem(
+        pipeline_stages.STAGES, "data", replace(pipeline_stages.STAGES["data"], run=_noisy_stage)
+    )
+    assert run_pipeline(cfg) == 0
+    out = capsys.readouterr()
+    for text in (*NOISE.values(), "stderr noise"):
+        assert text not in out.out + out.err
+    assert "[2/3] data: done in" in out.out and "stages/<stage>.log" in out.out
+    log = (Path(cfg.out_dir) / "stages" / "data.log").read_text()
+    for text in (*NOISE.values(), "stderr noise"):
+        assert text in log
+    assert NOISE["print"] not in (Path(cfg.out_dir) / "stages" / "sft.log").read_text()
+
+
+def test_failure_points_to_the_stage_log(toy_stages, monkeypatch, capsys):
+    cfg, _, _ = toy_stages
+
+    def boom(cfg, stage_cfg, ctx):
+        print("loading the adapter")
+        raise RuntimeError("disk full")
+
+    monkeypatch.setitem(pipeline_stages.STAGES, "sft", replace(pipeline_stages.STAGES["sft"], run=boom))
+    assert run_pipeline(cfg) == 1
+    out = capsys.readouterr()
+    log = Path(cfg.out_dir) / "stages" / "sft.log"
+    assert f"see {log}" in out.err and "Traceback" not in out.err + out.out
+    text = log.read_text()
+    assert "loading the adapter" in text and "Traceback" in text and "RuntimeError: disk full" in text
+
+
+def test_config_error_in_a_stage_is_one_line_and_exit_2(toy_stages, monkeypatch, tmp_path, capsys):
+    """A bad stage YAML, found when the stage loads it: one line on stderr, no traceback, exit 2."""
+    from onbrand.cli import main
+
+    cfg, calls, _ = toy_stages
+    bad = tmp_path / "sft.yaml"
+    bad.write_text("train:\n  lrr: 0.1\n")
+    monkeypatch.setitem(
+        pipeline_stages.STAGES,
+        "sft",
+        replace(pipeline_stages.STAGES["sft"], config_kind="onbrand.training.sft:SFTConfig"),
+    )
+    run_yaml = tmp_path / "run.yaml"
+    run_yaml.write_text(f"out_dir: {cfg.out_dir}\nstages: [model, data, sft]\nsft: {bad}\ngate: ''\n")
+    assert main(["run", str(run_yaml)]) == 2
+    out = capsys.readouterr()
+    err_lines = [line for line in out.err.splitlines() if line.strip()]
+    assert len(err_lines) == 1, out.err
+    assert err_lines[0].startswith("onbrand: config error: ") and "lrr" in err_lines[0]
+    assert str(bad) in err_lines[0] and ":2: train.lrr: unknown key" in err_lines[0]
+    assert "Traceback" not in out.out + out.err and "sft" not in calls
+
+
+# The real `onbrand` process: stdout/stderr are its own descriptors 1 and 2 (not pytest's), so
+# C-level writes and child processes are routed too.
+TOY_CLI = """
+import logging, os, subprocess, sys, warnings
+from dataclasses import replace
+from onbrand import pipeline_stages as ps
+from onbrand.cli import main
+
+def run(cfg, stage_cfg, ctx):
+    print("stage print")
+    logging.getLogger("transformers").warning("LOAD REPORT score.weight MISSING")
+    warnings.warn("kernels-community", stacklevel=1)
+    os.write(2, b"native fd write\\n")
+    subprocess.run([sys.executable, "-c", "print('child process output')"], check=True)
+    return {}
+
+ps.STAGES["model"] = replace(ps.STAGES["model"], run=run, fingerprint=lambda cfg, ctx: "toy")
+sys.exit(main(["run", *sys.argv[1:]]))
+"""
+CLI_NOISE = ("stage print", "LOAD REPORT score.weight MISSING", "kernels-community", "native fd write",
+             "child process output")  # fmt: skip
+
+
+@pytest.mark.parametrize("verbose", [False, True])
+def test_onbrand_run_terminal_quiet_and_verbose(tmp_path, verbose):
+    import os
+    import subprocess
+    import sys
+
+    script = tmp_path / "toy_cli.py"
+    script.write_text(TOY_CLI)
+    run_yaml = tmp_path / "run.yaml"
+    run_yaml.write_text(f"name: toy\nout_dir: {tmp_path / 'run'}\nstages: [model]\ngate: ''\n")
+    env = {k: v for k, v in os.environ.items() if k != "TQDM_MININTERVAL"}
+    args = [sys.executable, "-P", str(script), str(run_yaml), *(["--verbose"] if verbose else [])]
+    proc = subprocess.run(args, env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    terminal = proc.stdout + proc.stderr
+    log = (tmp_path / "run" / "stages" / "model.log").read_text()
+    assert "[1/1] model: done in" in proc.stdout
+    if verbose:
+        assert all(text in terminal for text in CLI_NOISE), terminal
+        assert "stage print" in log and "LOAD REPORT" in log  # the Python-level part is in the log too
+    else:
+        assert not [text for text in CLI_NOISE if text in terminal], terminal
+        assert all(text in log for text in CLI_NOISE), log

@@ -13,6 +13,7 @@ from onbrand.data.brand import load_brand
 from onbrand.engines import Generation
 from onbrand.eval import runner
 from onbrand.eval.config import EvalConfig
+from onbrand.eval.metrics.logprobs import kl_note
 
 CALM = "The Dawn lamp brightens slowly over thirty minutes before your alarm, with a soft amber light."
 BAD = "Yes, we guarantee it works for everyone, or your money back."
@@ -222,11 +223,9 @@ def test_repetition_penalty_is_range_checked():
 def test_kl_note_says_what_the_samples_are():
     from onbrand.engines import Sampling
 
-    assert runner.kl_note(Sampling()).startswith("greedy")
-    assert "Monte Carlo KL" in runner.kl_note(Sampling(temperature=1.0))
-    assert "not an unbiased KL" in runner.kl_note(
-        Sampling(temperature=0.2, top_p=0.9, repetition_penalty=1.1)
-    )
+    assert kl_note(Sampling()).startswith("greedy")
+    assert "Monte Carlo KL" in kl_note(Sampling(temperature=1.0))
+    assert "not an unbiased KL" in kl_note(Sampling(temperature=0.2, top_p=0.9, repetition_penalty=1.1))
 
 
 class LetterEmbedder:

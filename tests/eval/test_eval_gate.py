@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import json
+from dataclasses import MISSING, fields, replace
 
 import pytest
 
+from onbrand.config import ConfigError, load_config
 from onbrand.eval.gate import CHECKS, GateConfig, check_gate
+from onbrand.eval.metrics.registry import all_metrics
 from onbrand.eval.runner import main as eval_main
 
 
@@ -32,8 +35,6 @@ def report(win_low=0.6, lc=0.6, gap=0.02, ppl_ratio=1.02, worse=False, gain=0.2,
 
 @pytest.fixture
 def shipped(repo_root):
-    from onbrand.config import load_config
-
     return load_config(GateConfig, repo_root / "configs/eval/gates.yaml")
 
 
@@ -61,20 +62,33 @@ def test_missing_metrics_fail_unless_allowed(shipped):
     rep = report()
     rep["judge_independence"] = {"checked": False, "overlap": 0}
     assert failed(rep, shipped) == {"judge_independent"}
-    assert all(c.passed for c in check_gate({"metrics": {}}, GateConfig(allow_missing=True)))
+    assert all(c.passed for c in check_gate({"metrics": {}}, replace(shipped, allow_missing=True)))
 
 
-def test_every_check_has_a_threshold_field_and_bad_values_name_the_field():
-    fields = set(GateConfig.__dataclass_fields__)
-    assert {spec[2] for spec in CHECKS} <= fields
+def test_every_check_has_a_threshold_field_and_bad_values_name_the_field(shipped):
+    assert {spec[2] for spec in CHECKS} <= {f.name for f in fields(GateConfig)}
     with pytest.raises(ValueError, match="max_lc_gap"):
-        GateConfig(max_lc_gap=2.0)
+        replace(shipped, max_lc_gap=2.0)
     with pytest.raises(ValueError, match="max_adversarial_increase"):
-        GateConfig(max_adversarial_increase=-0.1)
+        replace(shipped, max_adversarial_increase=-0.1)
 
 
-def test_disabled_checks_are_not_listed():
-    gate = GateConfig(min_lc_win_rate=None, require_judge_independent=False, max_adversarial_increase=None)
+def test_thresholds_have_one_owner_the_gate_yaml(tmp_path, shipped):
+    """GateConfig has no defaults: a gate file must state every threshold (null = off)."""
+    assert all(f.default is MISSING and f.default_factory is MISSING for f in fields(GateConfig))
+    partial = tmp_path / "gate.yaml"
+    partial.write_text("max_ppl_increase: 0.2\n")
+    with pytest.raises(ConfigError, match="missing required key.*min_win_rate_low"):
+        load_config(GateConfig, partial)
+    # The metric families name the checks that read them; every check exists, none is claimed twice.
+    claimed = [c for m in all_metrics() for c in m.gate_checks]
+    assert sorted(claimed) == sorted(spec[0] for spec in CHECKS)
+
+
+def test_disabled_checks_are_not_listed(shipped):
+    gate = replace(
+        shipped, min_lc_win_rate=None, require_judge_independent=False, max_adversarial_increase=None
+    )
     names = {c.name for c in check_gate(report(), gate)}
     assert not names & {"lc_win_rate", "judge_independent", "adversarial_no_worse"}
 
@@ -93,8 +107,6 @@ def test_gate_exit_codes_via_cli(tmp_path, repo_root, capsys):
 
 
 def test_human_checks(shipped):
-    from dataclasses import replace
-
     rep = report()
     assert {"human_win_rate_ci_low", "judge_human_kappa"}.isdisjoint(c.name for c in check_gate(rep, shipped))
     gate = replace(shipped, min_human_win_rate_low=0.5, min_judge_human_kappa=0.4,
@@ -113,4 +125,4 @@ def test_human_checks(shipped):
     rep["metrics"]["human"]["win_rate"]["low"] = 0.5
     assert "human_win_rate_ci_low" in failed(rep, gate)
     with pytest.raises(ValueError, match="human_kappa_judges must be"):
-        GateConfig(human_kappa_judges=["people"])
+        replace(shipped, human_kappa_judges=["people"])

@@ -125,6 +125,13 @@ def test_config_errors_name_the_key():
         load_config(EvalConfig, None, ["split=validation"])
     with pytest.raises(ConfigError, match="ci must be in"):
         load_config(EvalConfig, None, ["ci=1.5"])
+    # metrics.<key> switches come from the metric registry; an unknown one names the valid keys
+    with pytest.raises(
+        ConfigError, match=r"metrics.rewrad: unknown key; valid keys: reward, compliance, voice"
+    ):
+        load_config(EvalConfig, None, ["metrics.rewrad=false"])
+    with pytest.raises(ConfigError, match=r"metrics.kl: expected true/false"):
+        load_config(EvalConfig, None, ["metrics.kl=maybe"])
 
 
 def test_bad_prompt_file_names_line(tmp_path, run_dir):
