@@ -18,17 +18,13 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from onbrand.annotate.db import Annotator, Assignment, Judgement, Project, Task
-from onbrand.artifacts import atomic_write_text, sha256_json
+from onbrand.artifacts import atomic_write_text
+from onbrand.data.records import canonicalize
 from onbrand.stats.agreement import agreement_report
 
 
 def canonical(record: dict[str, Any]) -> dict[str, Any]:
     """Validate + id with ``onbrand.data.records.canonicalize`` (the importer's own rules)."""
-    try:
-        from onbrand.data.records import canonicalize
-    except ImportError:  # data stage not in this checkout: same fields, our own content hash
-        keys = ("prompt", "chosen", "rejected")
-        return {"id": sha256_json({k: record[k] for k in keys}), **record}
     return canonicalize(record, source=record.get("source"))
 
 

@@ -30,6 +30,7 @@ from onbrand.annotate.db import (
 )
 from onbrand.artifacts import sha256_file, sha256_json
 from onbrand.config import check_range
+from onbrand.data.brand import load_brand
 
 MAX_TEXT = 20_000  # characters of a rewrite / candidate shown to annotators
 MAX_TAGS = 32
@@ -42,7 +43,6 @@ class Conflict(Exception):
 # ----------------------------------------------------------------------------- brand card
 def brand_facts(path: str | Path) -> dict[str, Any]:
     """``{"id", "name", "reason_tags", "system_prompt", "path", "sha256"}`` of a brand card."""
-    from onbrand.data.brand import load_brand
 
     card = load_brand(path)
     return {

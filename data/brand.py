@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from onbrand.artifacts import sha256_file
 from onbrand.config import load_config
 
 RULE_KINDS = ("banned_phrase", "banned_claim", "required_element", "length_limit")
@@ -249,7 +250,5 @@ def load_brand(path: str | Path) -> BrandCard:
 
 
 def brand_sha256(card_or_path: BrandCard | str | Path) -> str:
-    from onbrand.artifacts import sha256_file
-
     path = card_or_path.source if isinstance(card_or_path, BrandCard) else card_or_path
     return sha256_file(path)

@@ -30,11 +30,16 @@ from pathlib import Path
 from typing import Any
 
 from onbrand.artifacts import atomic_write_json, atomic_write_text, read_json
+from onbrand.config import load_config
+from onbrand.data.brand import load_brand
+from onbrand.data.config import DataConfig
 from onbrand.data.leakage import leakage_section, md_leakage, size_warnings
 from onbrand.data.leakage import md_escape as _md_escape
 from onbrand.data.records import normalize_text
 from onbrand.data.similarity import chosen_near_twin_rate, near_duplicate_rate  # noqa: F401 (re-export)
 from onbrand.data.similarity import messages_text as _text
+from onbrand.data.snapshot import load_snapshot, resolve_input
+from onbrand.stats.agreement import agreement_report
 
 GOODHART_SHARE = 0.65
 NEAR_DUP_JACCARD = 0.8
@@ -120,9 +125,6 @@ def annotator_votes(records: list[dict[str, Any]]) -> list[tuple[str, str, str]]
 
 
 def build_report(snapshot: str | Path, card=None) -> tuple[dict[str, Any], dict[str, list], Any]:
-    from onbrand.data.snapshot import load_snapshot
-    from onbrand.stats.agreement import agreement_report
-
     snapshot = Path(snapshot)
     dd, manifest = load_snapshot(snapshot)
     splits = {name: dd[name].to_list() for name in dd}
@@ -409,10 +411,6 @@ def write_report(snapshot: str | Path, out: str | Path, card=None) -> dict[str, 
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m onbrand.data.report --config configs/data/demo.yaml``."""
-    from onbrand.config import load_config
-    from onbrand.data.brand import load_brand
-    from onbrand.data.config import DataConfig
-    from onbrand.data.snapshot import resolve_input
 
     p = argparse.ArgumentParser(description="Data quality report of a snapshot")
     p.add_argument("--config", default="configs/data/demo.yaml")

@@ -31,6 +31,9 @@ from pathlib import Path
 from typing import Any
 
 from onbrand.artifacts import atomic_dir, atomic_write_json, now_iso, read_json, sha256_file, sha256_json
+from onbrand.config import load_config, to_dict
+from onbrand.data.adversarial import adversarial_prompts
+from onbrand.data.brand import load_brand
 from onbrand.data.config import DataConfig
 from onbrand.data.leakage import (
     FIXED_SPLITS,
@@ -44,7 +47,9 @@ from onbrand.data.leakage import (
 )
 from onbrand.data.records import FIELDS, SCHEMA_VERSION, prompt_key
 from onbrand.data.similarity import UnionFind
+from onbrand.data.tokcheck import check_records
 from onbrand.data.validate import ImportStats, Quarantined, import_files, quarantine_line
+from onbrand.models import load_tokenizer
 
 MANIFEST = "manifest.json"
 PKG_PREFIX = "pkg:"
@@ -170,8 +175,6 @@ def _relabel_sources(records: list[dict[str, Any]], inputs: list[str]) -> None:
 
 def _tokenizer_check(cfg: DataConfig, card, records: list[dict[str, Any]], problems: list[Quarantined]):
     """Drop pairs that fail the tokenizer checks; returns (kept ids, token stats)."""
-    from onbrand.data.tokcheck import check_records
-    from onbrand.models import load_tokenizer
 
     tok = load_tokenizer(cfg.tokenizer)
     sp = card.system_prompt() if card else None
@@ -184,8 +187,6 @@ def collect(cfg: DataConfig) -> dict[str, Any]:
     """Import, dedup, tokenizer-check, leak-check and split; returns everything the writer needs."""
     card = None
     if cfg.brand:
-        from onbrand.data.brand import load_brand
-
         card = load_brand(resolve_input(cfg.brand))
     stats = ImportStats()
     problems: list[Quarantined] = []
@@ -204,8 +205,6 @@ def collect(cfg: DataConfig) -> dict[str, Any]:
     sh = Shingled()
     advs = []
     if cfg.adversarial_check and card is not None:
-        from onbrand.data.adversarial import adversarial_prompts
-
         advs = adversarial_index(adversarial_prompts(card))
     if advs:  # before the leak check: a dropped dev/judge record cannot cost a pool record
         for s in ("dev", "judge"):
@@ -240,7 +239,6 @@ def _manifest(cfg: DataConfig, got: dict[str, Any], snapshot_id: str) -> dict[st
     reasons = Counter(q.reason for q in got["problems"])
     tok = dict(got["tokenization"] or {})
     tok.pop("lengths", None)
-    from onbrand.config import to_dict
 
     return {
         "snapshot_id": snapshot_id,
@@ -327,7 +325,6 @@ def load_snapshot(path: str | Path):
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m onbrand.data.snapshot --config configs/data/demo.yaml [key=value ...]``."""
-    from onbrand.config import load_config
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--config", default="configs/data/demo.yaml")

@@ -13,7 +13,9 @@ from typing import Literal
 from urllib.parse import urlsplit
 
 from onbrand.config import check_range
+from onbrand.data.snapshot import SPLITS
 from onbrand.engines.base import Sampling
+from onbrand.engines.options import EngineOptions
 from onbrand.eval.metrics.registry import metrics_config_class
 from onbrand.eval.metrics.winrate import LC_WARN_GAP
 
@@ -121,8 +123,9 @@ class EvalConfig:
     samples_in_report: int = 6  # side-by-side answers shown in report.md
     threads: int = 0  # torch threads (0 = leave as is)
     batch_size: int = 16  # HF engine and log-prob scoring batch size
-    kv_cache_gib: float = 1.0  # vLLM KV cache (VLLM_CPU_KVCACHE_SPACE wins when set)
-    max_model_len: int = 2048
+    # How vLLM starts (dtype, enforce_eager, kv_cache_gib, max_model_len, GPU memory, tensor parallel;
+    # onbrand.engines.options); the local LLM judge uses the same.
+    engine_options: EngineOptions = field(default_factory=EngineOptions)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     adversarial: AdversarialConfig = field(default_factory=AdversarialConfig)
     judge: JudgeConfig = field(default_factory=JudgeConfig)
@@ -131,8 +134,6 @@ class EvalConfig:
     allow_judge_overlap: bool = False
 
     def __post_init__(self) -> None:
-        from onbrand.data.snapshot import SPLITS
-
         if self.split not in SPLITS:
             raise ValueError(f"split must be one of {', '.join(SPLITS)}, got {self.split!r}")
         check_range("max_prompts", self.max_prompts, 0, None)
@@ -145,7 +146,6 @@ class EvalConfig:
         check_range("samples_in_report", self.samples_in_report, 0, 1000)
         check_range("threads", self.threads, 0, 1024)
         check_range("batch_size", self.batch_size, 1, 1024)
-        check_range("kv_cache_gib", self.kv_cache_gib, 0.0, 1024.0, lo_open=True)
         if self.beta is not None:
             check_range("beta", self.beta, 0.0, None, lo_open=True)
         if self.snapshot and self.prompts:

@@ -33,8 +33,12 @@ from typing import Any
 from onbrand.annotate import service
 from onbrand.annotate.db import Annotator, Judgement, Task, open_db
 from onbrand.artifacts import atomic_write_json, now_iso, read_json, sha256_file
+from onbrand.data.brand import load_brand
 from onbrand.eval.metrics.agreement import SCORE, agreement, labels_from_scores
-from onbrand.eval.report import read_samples
+from onbrand.eval.metrics.power import power_analysis
+from onbrand.eval.plots import plot_human_agreement, plot_win_rates
+from onbrand.eval.report import read_samples, rerender
+from onbrand.eval.runner import apply_gate
 from onbrand.stats.agreement import agreement_report
 from onbrand.stats.ci import mean_ci
 
@@ -157,7 +161,6 @@ def _judge_labels(report: dict[str, Any], rows: list[dict], card) -> tuple[dict[
 def collect(report_dir, db_url: str, project: str, brand: str | None = None, n_boot: int = 1000,
             ci: float = 0.95, seed: int = 0) -> dict[str, Any]:  # fmt: skip
     """``metrics.human`` for the report in ``report_dir`` from the project's judgements."""
-    from onbrand.data.brand import load_brand
 
     d, report, rows = _load(report_dir)
     rid = report_id(d)
@@ -201,10 +204,6 @@ def collect(report_dir, db_url: str, project: str, brand: str | None = None, n_b
 
 def update_report(report_dir, human: dict[str, Any], gate: str | None = None) -> dict[str, Any]:
     """Put ``human`` into the report (json, md, plots) and apply the gate again."""
-    from onbrand.eval.metrics.power import power_analysis
-    from onbrand.eval.plots import plot_human_agreement, plot_win_rates
-    from onbrand.eval.report import rerender
-    from onbrand.eval.runner import apply_gate
 
     d, report, _ = _load(report_dir)
     m = report["metrics"]

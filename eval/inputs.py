@@ -9,6 +9,8 @@ from pathlib import Path
 from typing import Any
 
 from onbrand.artifacts import read_json
+from onbrand.data.brand import Exemplar
+from onbrand.data.snapshot import load_snapshot
 from onbrand.lineage import final_adapter, parent_dir
 from onbrand.models import DEFAULT_MODEL
 
@@ -141,8 +143,6 @@ def _rows_jsonl(path: Path) -> list[dict[str, Any]]:
 
 
 def _rows_snapshot(path: Path, split: str) -> list[dict[str, Any]]:
-    from onbrand.data.snapshot import load_snapshot
-
     ds, _manifest = load_snapshot(path)
     if split not in ds:
         raise ValueError(f"snapshot {path} has no {split!r} split; splits: {sorted(ds)}")
@@ -185,8 +185,6 @@ def load_prompts(
 def train_exemplars(snapshot: str, card, limit: int = 512) -> list:
     """The snapshot's train-split chosen answers as voice exemplars (for a card without exemplars):
     the first ``limit`` by record id, each in its channel when the card has that channel."""
-    from onbrand.data.brand import Exemplar
-    from onbrand.data.snapshot import load_snapshot
 
     ds, _manifest = load_snapshot(Path(snapshot))
     if "train" not in ds:

@@ -5,6 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from onbrand.eval.metrics.agreement import HUMAN_JUDGES
+
 BASE_C, ALIGNED_C = "#8c8c8c", "#1f77b4"
 
 
@@ -66,7 +68,6 @@ def _ci_bars(path: Path, names, vals, colors, labels, *, null, xlim, xticks, tex
 
 def plot_human_agreement(metrics: dict[str, Any], path: Path) -> bool:
     """Cohen's kappa (bars, 95% CI) of each automatic judge with the human majority."""
-    from onbrand.eval.metrics.agreement import HUMAN_JUDGES
 
     judges = {k: v for k, v in (metrics.get("human") or {}).get("judges", {}).items() if v.get("kappa")}
     if not judges:

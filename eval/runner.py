@@ -38,10 +38,7 @@ from onbrand.eval.report import build_report, write_report
 
 def generate_both(cfg: EvalConfig, aligned: Aligned, chats: list[list[dict]]) -> tuple[list, list, str]:
     """Greedy/sampled generations for base and aligned, in prompt order; returns (base, aligned, engine kind)."""
-    opts = dict(
-        kv_cache_gib=cfg.kv_cache_gib, max_model_len=cfg.max_model_len, seed=cfg.seed,
-        batch_size=cfg.batch_size, progress=True,
-    )  # fmt: skip
+    opts = dict(options=cfg.engine_options, seed=cfg.seed, batch_size=cfg.batch_size, progress=True)
     base_reqs = [Request(c, None, f"base-{i}") for i, c in enumerate(chats)]
     if aligned.kind == "adapter":
         engine = get_engine(cfg.engine, aligned.base_model, {ALIGNED: aligned.path}, **opts)

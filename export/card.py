@@ -13,6 +13,7 @@ from typing import Any
 import yaml
 
 from onbrand.artifacts import read_json
+from onbrand.data.brand import load_brand
 from onbrand.lineage import Run
 
 
@@ -112,8 +113,6 @@ def brand_name(brand: dict[str, Any]) -> str:
     path = Path(str(brand.get("path") or "unknown"))
     if path.is_file():
         try:
-            from onbrand.data.brand import load_brand
-
             return load_brand(path).name
         except (ImportError, ValueError, OSError):
             pass  # a card that no longer loads still leaves its file name as the brand

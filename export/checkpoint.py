@@ -98,7 +98,6 @@ def serving_sampling(report: dict[str, Any] | None) -> dict[str, Any] | None:
 def _write_merged(
     tmp: Path, base_dir: Path, chain: list[Path], max_shard_size: str, sampling: dict[str, Any] | None
 ) -> Any:
-
     model = base_with_adapters(base_dir, chain, merge_last=True)
     model.save_pretrained(tmp, safe_serialization=True, max_shard_size=max_shard_size)
     load_tokenizer(base_dir).save_pretrained(tmp)
@@ -160,7 +159,6 @@ def _prepare(run_dir: Path, out_dir: Path, fmt: str, overwrite: bool) -> dict[st
 
 
 def _manifest(job: dict[str, Any], fmt: str, parity: dict[str, Any], report: dict | None) -> dict[str, Any]:
-
     run, lineage, env = job["run"], job["lineage"], environment_record()
     gate = (report or {}).get("gate")
     return {

@@ -113,7 +113,6 @@ def _reference(root: Path, manifest: dict[str, Any]) -> tuple[list[dict], list[A
 
 
 def _tail_logits(model, prompts: list[dict], positions: int) -> list[Any]:
-
     return [lg[-positions:] for lg in prompt_logits(model, prompts)]
 
 

@@ -18,10 +18,16 @@ from typing import Any
 
 import torch
 
+from onbrand.adapters import concat_lora_adapters
+from onbrand.artifacts import atomic_dir, atomic_write_json, hash_tree, sha256_json
 from onbrand.config import to_dict
-from onbrand.lineage import final_adapter, load_run
+from onbrand.data.brand import brand_sha256, load_brand
+from onbrand.data.snapshot import SPLITS, load_snapshot
+from onbrand.kernels import fused_linear_logprobs
+from onbrand.lineage import final_adapter, init_run_dir, load_run, tokenizer_record, update_run
+from onbrand.models import load_tokenizer, model_hash
 from onbrand.training.batching import PackedBatch, TokenizedPair, collate, tokenize_pair
-from onbrand.training.loop import LoopResult, run_loop
+from onbrand.training.loop import LoopResult, make_accelerator, run_loop
 from onbrand.training.lora import backbone
 
 
@@ -40,8 +46,6 @@ class DataSection:
     max_eval_pairs: int = 0
 
     def __post_init__(self) -> None:
-        from onbrand.data.snapshot import SPLITS
-
         for name in ("train_split", "eval_split"):
             if getattr(self, name) not in SPLITS:
                 raise ValueError(
@@ -73,7 +77,6 @@ def seed_everything(seed: int, threads: int = 0) -> None:
 def brand_prompt(path: str | None) -> tuple[str | None, dict[str, Any] | None]:
     if not path:
         return None, None
-    from onbrand.data.brand import brand_sha256, load_brand
 
     card = load_brand(path)
     return card.system_prompt(), {"path": str(path), "sha256": brand_sha256(path)}
@@ -83,7 +86,6 @@ def load_pairs(
     data: DataSection, tok, system_prompt: str | None, max_length: int, need_rejected: bool = True
 ) -> tuple[list[TokenizedPair], list[TokenizedPair], dict[str, Any]]:
     """Snapshot -> tokenized (train_split, eval_split) pairs (+ manifest). Errors name the file and row."""
-    from onbrand.data.snapshot import load_snapshot
 
     dd, manifest = load_snapshot(data.snapshot)
     out = {}
@@ -136,7 +138,6 @@ class PackedModel(torch.nn.Module):
         if self.mode == "score":
             head = self.model.get_base_model().score
             return head(h[batch.last_index]).squeeze(-1).float()  # (S,)
-        from onbrand.kernels import fused_linear_logprobs
 
         weight = self.model.get_output_embeddings().weight  # (V, H), frozen (tied to the embeddings)
         return fused_linear_logprobs(
@@ -166,7 +167,6 @@ def data_tokens(pairs: list[TokenizedPair]) -> int:
 
 def save_adapter(model, out: Path) -> None:
     """Atomic PEFT ``save_pretrained`` (temp dir renamed into place)."""
-    from onbrand.artifacts import atomic_dir
 
     with atomic_dir(out) as tmp:
         model.save_pretrained(str(tmp))
@@ -198,10 +198,6 @@ class RunSetup:
 
 def setup_run(kind: str, cfg, need_rejected: bool = True) -> RunSetup:
     """Seed, accelerator, tokenizer, brand system prompt, tokenized data; write run.json."""
-    from onbrand.artifacts import hash_tree, sha256_json
-    from onbrand.lineage import init_run_dir, tokenizer_record
-    from onbrand.models import load_tokenizer, model_hash
-    from onbrand.training.loop import make_accelerator
 
     seed_everything(cfg.train.seed, cfg.train.threads)
     acc = make_accelerator()
@@ -267,13 +263,8 @@ def finish_run(out: Path, kind: str, peft_model, parent_adapter, metrics: dict[s
     """Save stage_adapter/ and adapter/ (concatenated with the parent's), eval.json, run.json."""
     import shutil
 
-    from onbrand.artifacts import atomic_dir, atomic_write_json
-    from onbrand.lineage import update_run
-
     save_adapter(peft_model, out / "stage_adapter")
     if parent_adapter is not None:
-        from onbrand.adapters import concat_lora_adapters
-
         concat_lora_adapters(parent_adapter, out / "stage_adapter", out / "adapter")
     else:
         with atomic_dir(out / "adapter") as tmp:

@@ -31,19 +31,22 @@ from typing import Literal
 
 import torch
 
-from onbrand.config import check_range, load_config, to_dict
+from onbrand.config import check_range, load_config
 from onbrand.kernels.losses import LOSS_TYPES, loss_spec, nll_weight_for, preference_loss
-from onbrand.models import DEFAULT_MODEL
+from onbrand.models import DEFAULT_MODEL, cache_root
+from onbrand.training import ref_cache
 from onbrand.training.common import (
     DataSection,
     PackedModel,
-    data_tokens,
+    finish_run,
     pack,
     parse_args,
     sequence_logps,
+    setup_run,
+    train_pairs,
 )
 from onbrand.training.loop import TrainConfig, autocast
-from onbrand.training.lora import LoRAConfig
+from onbrand.training.lora import LoRAConfig, build_policy
 
 LossType = Literal[LOSS_TYPES]  # type: ignore[valid-type]  # the kernels' loss registry
 
@@ -210,8 +213,6 @@ def attach_reference(
     acc, model: PackedModel, splits: dict[str, list], tok, cfg: DPOConfig, key_base: dict
 ) -> dict:
     """Fill ``ref_chosen``/``ref_rejected`` of every pair from the disk cache (computing it once)."""
-    from onbrand.models import cache_root
-    from onbrand.training import ref_cache
 
     cache_dir = Path(cfg.ref_cache_dir) if cfg.ref_cache_dir else cache_root() / "ref_logps"
     hits = {}
@@ -242,10 +243,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def train(cfg: DPOConfig) -> int:
-    from onbrand.training.common import finish_run, setup_run
-    from onbrand.training.loop import run_loop
-    from onbrand.training.lora import build_policy
-
     run = setup_run("dpo", cfg, need_rejected=True)
     acc = run.acc
     peft_model = build_policy(
@@ -269,16 +266,8 @@ def train(cfg: DPOConfig) -> int:
         )
     wrapped = acc.prepare(model)
     step_fn = make_step_fn(model, run.tok, cfg, acc.device)
-    result = run_loop(
-        acc, model, wrapped, run.train, cfg.train, run.out, step_fn, run_name=run.out.name,
-        config_dict=to_dict(cfg), tokens_of=data_tokens,
-        lineage={"snapshot_id": run.manifest.get("snapshot_id"), "model": run.lineage_hash},
-    )  # fmt: skip
-    if result.stopped_early:
-        print(
-            f"stopped after step {result.steps} (train.stop_after); rerun the same command to resume",
-            file=sys.stderr,
-        )
+    result = train_pairs(run, cfg, model, wrapped, step_fn)
+    if result is None:  # stopped early (train.stop_after)
         return 0
     if cfg.dpo.needs_reference and not cfg.ref_cache and run.held_out:
         c, r = reference_logps(model, run.held_out, run.tok, cfg, acc.device)

@@ -27,7 +27,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from onbrand.artifacts import atomic_write_bytes, atomic_write_text
 from onbrand.config import check_range
+from onbrand.stats.text import distinct_n, repetition_rate
+from onbrand.training.tracking import read_metrics
 
 
 @dataclass
@@ -58,7 +61,6 @@ class GoodhartStop(RuntimeError):
 
 def diversity(texts: list[str]) -> dict[str, float]:
     """distinct-2 over the batch and mean 4-gram repetition per response."""
-    from onbrand.stats.text import distinct_n, repetition_rate
 
     return {
         "distinct_2": distinct_n(texts, 2),
@@ -170,9 +172,6 @@ def write_report(run_dir: str | Path) -> tuple[Path, Path]:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-
-    from onbrand.artifacts import atomic_write_bytes, atomic_write_text
-    from onbrand.training.tracking import read_metrics
 
     run_dir = Path(run_dir)
     rows = read_metrics(run_dir)

@@ -17,6 +17,7 @@ from typing import Literal
 import torch
 
 from onbrand.config import check_range
+from onbrand.models import resolve_model
 
 ALL_LINEAR = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
@@ -63,7 +64,6 @@ def _load(path: Path, task: str, quantize: str, compute_dtype: torch.dtype):
 
 def merged_base(model_name: str, parent_adapter: str | Path | None, task: str = "causal", quantize="none"):
     """Load the base; merge ``parent_adapter`` (a PEFT dir relative to this base) into it."""
-    from onbrand.models import resolve_model
 
     path = resolve_model(model_name)
     if parent_adapter is not None and quantize != "none":

@@ -28,7 +28,8 @@ import torch
 import torch.nn.functional as F
 
 from onbrand.config import check_range, load_config
-from onbrand.models import DEFAULT_MODEL
+from onbrand.lineage import load_run
+from onbrand.models import DEFAULT_MODEL, load_tokenizer
 from onbrand.training.batching import tokenize_pair
 from onbrand.training.common import (
     DataSection,
@@ -40,7 +41,7 @@ from onbrand.training.common import (
     train_pairs,
 )
 from onbrand.training.loop import TrainConfig, autocast
-from onbrand.training.lora import LoRAConfig
+from onbrand.training.lora import LoRAConfig, build_policy, merged_base
 
 
 @dataclass
@@ -119,8 +120,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def train(cfg: RewardConfig) -> int:
-    from onbrand.training.lora import build_policy
-
     run = setup_run("reward", cfg, need_rejected=True)
     acc = run.acc
     peft_model = build_policy(
@@ -151,10 +150,6 @@ class RewardScorer:
         self, run_dir: str | Path, device: str = "cpu", batch_size: int = 16, precision: str = "fp32"
     ):
         from peft import PeftModel
-
-        from onbrand.lineage import load_run
-        from onbrand.models import load_tokenizer
-        from onbrand.training.lora import merged_base
 
         run_dir = Path(run_dir)
         run = load_run(run_dir)

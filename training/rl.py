@@ -39,10 +39,18 @@ from typing import Any, Literal
 
 import torch
 
+from onbrand.adapters import concat_lora_adapters
+from onbrand.artifacts import atomic_dir, read_json
 from onbrand.config import check_range, load_config, to_dict
+from onbrand.data.brand import load_brand
+from onbrand.data.snapshot import load_snapshot
+from onbrand.engines.base import Request, Sampling, render_prompt, stop_token_ids
 from onbrand.engines.hf import HFEngine
-from onbrand.models import DEFAULT_MODEL
-from onbrand.training.batching import TokenizedPair, collate
+from onbrand.kernels import fused_linear_logprobs
+from onbrand.lineage import init_run_dir, tokenizer_record, update_run
+from onbrand.models import DEFAULT_MODEL, load_tokenizer, model_hash
+from onbrand.training.batching import TokenizedPair, collate, with_system
+from onbrand.training.checkpoint import config_fingerprint, latest_checkpoint
 from onbrand.training.common import (
     DataSection,
     PackedModel,
@@ -50,11 +58,13 @@ from onbrand.training.common import (
     parent_of,
     parse_args,
     save_adapter,
+    seed_everything,
 )
-from onbrand.training.goodhart import GoodhartConfig, GoodhartMonitor, GoodhartStop, diversity
-from onbrand.training.loop import TrainConfig, autocast
-from onbrand.training.lora import LoRAConfig
+from onbrand.training.goodhart import GoodhartConfig, GoodhartMonitor, GoodhartStop, diversity, write_report
+from onbrand.training.loop import TrainConfig, autocast, make_accelerator, run_loop
+from onbrand.training.lora import LoRAConfig, build_policy
 from onbrand.training.rl_rewards import RewardComposer, RewardTerm, Rollout, group_advantages
+from onbrand.training.tracking import read_metrics
 
 ADAPTER = "default"  # PEFT's name of the one trainable adapter
 
@@ -124,9 +134,6 @@ class RLPrompt:
 # ----------------------------------------------------------------------------- data
 def load_prompts(cfg: RLConfig, tok, system_prompt: str | None, card) -> tuple[list[RLPrompt], dict]:
     """Prompts of the snapshot's ``data.train_split`` (chosen/rejected are not used). Errors name the row."""
-    from onbrand.data.snapshot import load_snapshot
-    from onbrand.engines.base import render_prompt
-    from onbrand.training.batching import with_system
 
     dd, manifest = load_snapshot(cfg.data.snapshot)
     split = cfg.data.train_split
@@ -166,8 +173,6 @@ class PolicyModel(PackedModel):
         self.temperature = temperature
 
     def forward(self, batch) -> torch.Tensor:
-        from onbrand.kernels import fused_linear_logprobs
-
         h = self.hidden(batch)[batch.src_index] / self.temperature
         weight = self.model.get_output_embeddings().weight  # (V, H), frozen, tied
         return fused_linear_logprobs(h, weight, batch.targets, memory_budget_mb=self.chunk_budget_mb)
@@ -180,8 +185,6 @@ class LivePolicyEngine(HFEngine):
     """
 
     def __init__(self, peft_model, tokenizer, batch_size: int = 16):
-        from onbrand.engines.base import stop_token_ids
-
         self.adapters = {ADAPTER: "<live policy>"}
         self.model = peft_model
         self.tokenizer = tokenizer
@@ -193,7 +196,6 @@ class LivePolicyEngine(HFEngine):
 
 def rollout(engine: LivePolicyEngine, prompts: list[RLPrompt], cfg: RLConfig, seed: int):
     """G samples per prompt -> (P*G) completions, prompt-major: (token ids incl. stop, text, finish)."""
-    from onbrand.engines.base import Request, Sampling
 
     r = cfg.rollout
     sampling = Sampling(r.max_new_tokens, r.temperature, r.top_p, n=r.num_generations, seed=seed)
@@ -329,9 +331,6 @@ def main(argv: list[str] | None = None) -> int:
 
 def _setup(cfg: RLConfig, acc):
     """Tokenizer, prompts, run.json, policy. Returns what :func:`train` needs."""
-    from onbrand.lineage import init_run_dir, tokenizer_record
-    from onbrand.models import load_tokenizer, model_hash
-    from onbrand.training.lora import build_policy
 
     parent, parent_adapter = parent_of(cfg.init_from)
     base_name = parent["base_model"] if parent else cfg.model
@@ -339,8 +338,6 @@ def _setup(cfg: RLConfig, acc):
     system_prompt, brand = brand_prompt(cfg.data.brand)
     card = None
     if cfg.data.brand:
-        from onbrand.data.brand import load_brand
-
         card = load_brand(cfg.data.brand)
     composer = RewardComposer(list(cfg.rewards), card)
     prompts, manifest = load_prompts(cfg, tok, system_prompt, card)
@@ -364,10 +361,6 @@ def _setup(cfg: RLConfig, acc):
 
 
 def train(cfg: RLConfig) -> int:
-    from onbrand.training.checkpoint import config_fingerprint, latest_checkpoint
-    from onbrand.training.common import seed_everything
-    from onbrand.training.loop import make_accelerator, run_loop
-
     seed_everything(cfg.train.seed, cfg.train.threads)
     acc = make_accelerator()
     out = Path(cfg.out_dir)
@@ -407,7 +400,6 @@ def train(cfg: RLConfig) -> int:
 def _ckpt_step(ckpt) -> int:
     if ckpt is None:
         return 0
-    from onbrand.artifacts import read_json
 
     return int(read_json(Path(ckpt) / "state.json")["step"])
 
@@ -416,7 +408,6 @@ def _replay_monitor(monitor: GoodhartMonitor, out: Path, step: int) -> None:
     """On resume, feed the monitor the logged steps <= ``step`` so its baseline is the same."""
     if step == 0 or not (out / "metrics.jsonl").exists():
         return
-    from onbrand.training.tracking import read_metrics
 
     verbose, monitor.verbose, log_path, monitor.log_path = monitor.verbose, False, monitor.log_path, None
     for row in read_metrics(out):
@@ -434,13 +425,8 @@ def finish(out: Path, peft_model, parent_adapter, result, state, stopped, monito
     parent's exactly like DPO does with SFT) and the run's final record."""
     import shutil
 
-    from onbrand.artifacts import atomic_dir
-    from onbrand.lineage import update_run
-
     save_adapter(peft_model, out / "stage_adapter")
     if parent_adapter is not None:
-        from onbrand.adapters import concat_lora_adapters
-
         concat_lora_adapters(parent_adapter, out / "stage_adapter", out / "adapter")
     else:
         with atomic_dir(out / "adapter") as tmp:
@@ -451,8 +437,6 @@ def finish(out: Path, peft_model, parent_adapter, result, state, stopped, monito
         final.update(train_seconds=round(result.seconds, 2), **result.last_metrics)
     update_run(out, final=final)
     if final["steps"] > 0:
-        from onbrand.training.goodhart import write_report
-
         write_report(out)  # rl_curves.png + rl_report.md
     task = final.get("reward/task")
     task_s = f"{task:.3f}" if isinstance(task, float) else "n/a"

@@ -28,6 +28,7 @@ from typing import Any, Literal
 import numpy as np
 
 from onbrand.config import check_range
+from onbrand.embedder import load_embedder, similarities
 from onbrand.scoring import load_scorer
 
 RewardKind = Literal["reward_model", "rules", "voice", "regex", "length"]
@@ -99,8 +100,6 @@ class RewardComposer:
         return np.asarray(self._scorers[term.run].score(convs), dtype=float)
 
     def _voice(self, rollouts: list[Rollout]) -> np.ndarray:
-        from onbrand.embedder import load_embedder, similarities
-
         texts = [r.text for r in rollouts]
         return similarities(load_embedder(), texts, [r.channel for r in rollouts], self.card.exemplars)
 

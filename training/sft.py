@@ -35,7 +35,7 @@ from onbrand.training.common import (
     train_pairs,
 )
 from onbrand.training.loop import TrainConfig, autocast
-from onbrand.training.lora import LoRAConfig
+from onbrand.training.lora import LoRAConfig, build_policy
 
 
 @dataclass
@@ -96,8 +96,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def train(cfg: SFTConfig) -> int:
-    from onbrand.training.lora import build_policy
-
     run = setup_run("sft", cfg, need_rejected=False)
     acc = run.acc
     sft_only(run.train)

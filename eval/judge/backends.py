@@ -19,7 +19,9 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from onbrand.engines import Request, Sampling, get_engine
 from onbrand.eval.judge.rubric import REGEX, SCHEMA, VERDICTS
+from onbrand.models import model_hash, resolve_model
 
 # Guided-decoding forms, tried in order until the endpoint accepts one (structured: auto | on):
 # vLLM's own per-request regex first (no free whitespace, see rubric.REGEX), then OpenAI's
@@ -206,8 +208,6 @@ class EngineBackend:
     kind = "local"
 
     def __init__(self, cfg, engine_kind: str, engine_options: dict[str, Any]):
-        from onbrand.models import resolve_model
-
         self.cfg = cfg
         self.path = resolve_model(cfg.model)
         self.engine_kind, self.options = engine_kind, engine_options
@@ -218,8 +218,6 @@ class EngineBackend:
 
     @functools.cached_property
     def _identity(self) -> dict[str, Any]:
-        from onbrand.models import model_hash
-
         return {"model": str(self.cfg.model), "hash": model_hash(self.path)}  # hashes the weights: once
 
     def identity(self) -> dict[str, Any]:
@@ -229,8 +227,6 @@ class EngineBackend:
         return {"backend": self.kind, "model": str(self.cfg.model), "path": str(self.path)}
 
     def complete(self, chats: list[list[dict]], usage: Usage) -> list[Reply]:
-        from onbrand.engines import Request, Sampling, get_engine
-
         if not chats:
             return []
         engine = get_engine(self.engine_kind, self.path, None, **self.options)

@@ -16,6 +16,7 @@ from typing import Any
 
 from onbrand.artifacts import sha256_json
 from onbrand.eval.judge.rubric import RUBRIC_VERSION
+from onbrand.models import cache_root
 
 
 def verdict_key(identity: dict[str, Any], messages: list[dict[str, str]], output: str, max_tokens: int,
@@ -33,8 +34,6 @@ def verdict_key(identity: dict[str, Any], messages: list[dict[str, str]], output
 
 
 def default_path() -> Path:
-    from onbrand.models import cache_root
-
     return cache_root() / "judge" / "cache.sqlite"
 
 

@@ -26,6 +26,7 @@ from onbrand.eval.judge.backends import JudgeSetupError, Reply, Usage, make_back
 from onbrand.eval.judge.cache import VerdictCache, default_path, verdict_key
 from onbrand.eval.judge.rubric import RUBRIC_VERSION, judge_messages, parse_verdict, render_rubric
 from onbrand.eval.metrics.agreement import SCORE, agreement, labels_from_scores
+from onbrand.models import resolve_model
 from onbrand.stats.ci import mean_ci
 
 SELF_JUDGED = "self-judged"
@@ -44,7 +45,6 @@ def _same_model(a: str | Path | None, b: str | Path | None) -> bool:
 
 def self_check(backend, aligned) -> str | None:
     """Why the judge is the policy's base (or aligned) model, or ``None``."""
-    from onbrand.models import resolve_model
 
     names = {"the policy's base model": aligned.base_model, "the aligned model": aligned.path}
     try:
@@ -173,11 +173,7 @@ def prepare(cfg, aligned, warnings: list[str]) -> Judge:
     """Backend + self-check + endpoint probe, before any generation. Raises on a judge that cannot
     run or that is the policy's own model without ``judge.allow_self``."""
     jc = cfg.judge
-    opts = {
-        "kv_cache_gib": cfg.kv_cache_gib,
-        "max_model_len": cfg.max_model_len,
-        "batch_size": cfg.batch_size,
-    }
+    opts = {"options": cfg.engine_options, "batch_size": cfg.batch_size}
     if not jc.endpoint and not jc.model and jc.allow_self:
         from dataclasses import replace
 

@@ -22,8 +22,10 @@ import numpy as np
 
 from onbrand.engines import render_prompt
 from onbrand.engines.base import stop_token_ids
+from onbrand.engines.hf import load_with_adapters, use_adapter
 from onbrand.eval.inputs import general_text_files, with_system
 from onbrand.eval.metrics.registry import RATE_NULL, EvalContext, Metric, fmt_ci, register, row, side
+from onbrand.kernels import fused_linear_logprobs
 from onbrand.models import load_model
 from onbrand.stats.ci import bootstrap, mean_ci
 
@@ -54,8 +56,6 @@ def token_logprobs(
 
 def _batch_logprobs(model, ps: Sequence[list[int]], rs: Sequence[list[int]]) -> list[np.ndarray]:
     import torch
-
-    from onbrand.kernels import fused_linear_logprobs
 
     decoder, head = model.get_decoder(), model.get_output_embeddings()
     seqs = [list(p) + list(r) for p, r in zip(ps, rs)]
@@ -140,8 +140,6 @@ class LogProbModels:
     model when aligned is a merged checkpoint)."""
 
     def __init__(self, aligned, batch_size: int):
-        from onbrand.engines.hf import load_with_adapters
-
         adapters = {}
         if aligned.kind == "adapter":
             adapters[ALIGNED] = aligned.path
@@ -155,8 +153,6 @@ class LogProbModels:
         self.batch_size = batch_size
 
     def fn(self, which: str) -> LogProbFn:
-        from onbrand.engines.hf import use_adapter
-
         def run(prompts, responses):
             if which == ALIGNED and self.merged is not None:
                 return token_logprobs(self.merged, prompts, responses, self.batch_size)

@@ -22,13 +22,13 @@ from onbrand.engines.base import (
     stop_token_ids,
     strip_stop,
 )
+from onbrand.models import load_model, load_tokenizer
 
 
 def load_with_adapters(
     base_model: str | os.PathLike, adapters: dict[str, str | os.PathLike], dtype="float32"
 ):
     """(model, tokenizer): the base model, PEFT-wrapped with every named adapter when any."""
-    from onbrand.models import load_model, load_tokenizer
 
     model = load_model(base_model, dtype=dtype).eval()
     tok = load_tokenizer(base_model)

@@ -14,10 +14,12 @@ copies, which made LoRA requests ~3x slower than base requests.
 from __future__ import annotations
 
 import gc
+import json
 import os
 from collections.abc import Sequence
 from pathlib import Path
 
+from onbrand.engines import vllm_plugin
 from onbrand.engines.base import (
     Generation,
     Request,
@@ -34,6 +36,16 @@ from onbrand.models import load_tokenizer, resolve_model
 __all__ = ["VLLMEngine"]
 
 
+def context_cap(model_dir: str | os.PathLike, max_model_len: int) -> int:
+    """``max_model_len`` capped at the model's own context (vLLM refuses a longer one for a model
+    such as a small test model with ``max_position_embeddings: 1024``)."""
+    cfg_path = Path(model_dir) / "config.json"
+    if not cfg_path.exists():
+        return max_model_len
+    limit = json.loads(cfg_path.read_text(encoding="utf-8")).get("max_position_embeddings")
+    return min(max_model_len, int(limit)) if limit else max_model_len
+
+
 class VLLMEngine:
     kind = "vllm"
 
@@ -48,7 +60,6 @@ class VLLMEngine:
     ):
         """``options`` (or its fields as keywords: ``kv_cache_gib``, ``max_model_len``, ...) say how
         vLLM starts; see ``onbrand.engines.options``."""
-        from onbrand.engines import vllm_plugin
 
         options = options or EngineOptions(**option_fields)
         self.adapters = {k: str(Path(v).resolve()) for k, v in (adapters or {}).items()}
@@ -69,6 +80,7 @@ class VLLMEngine:
 
         kwargs = options.vllm_args(self.adapters)  # checks max_loras >= adapters + 1 first
         base_dir = resolve_model(base_model)
+        kwargs["max_model_len"] = context_cap(base_dir, options.max_model_len)
         self.tokenizer = load_tokenizer(base_dir)
         try:
             gen_cfg = GenerationConfig.from_pretrained(base_dir)
@@ -83,7 +95,7 @@ class VLLMEngine:
             # (set_offset), which torch's CPU generator refuses ("CPU Generator does not use offset"),
             # so seeded sampling crashed once a batch of prompts overflowed the token budget.
             enable_chunked_prefill=False,
-            max_num_batched_tokens=max(4096, options.max_model_len),
+            max_num_batched_tokens=max(4096, kwargs["max_model_len"]),
         )
         self.llm = LLM(**kwargs)
         self._lora_ids = {name: i + 1 for i, name in enumerate(self.adapters)}

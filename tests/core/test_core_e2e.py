@@ -22,6 +22,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from onbrand.engines import vllm_available
+
 STAGES = ["model", "data", "sft", "dpo", "reward", "eval", "export"]
 AURORA = Path("data/brands/aurora")
 # (source file in the repo, lines kept): 10 train + 3 dev + 4 test + 4 judge pairs. Whole bank
@@ -73,9 +75,18 @@ def _run_config(repo: Path, tmp: Path, model: Path) -> Path:
             "dpo": [*TRAIN, f"ref_cache_dir={tmp / 'ref_logps'}"],
             "reward": TRAIN,
             # engine stays the demo's (auto: vLLM when importable, as `make demo` runs it)
-            "eval": ["max_prompts=4", "max_pairs=8", "bootstrap=50", "sampling.max_new_tokens=16",
-                     "adversarial.per_rule=1", "ppl_window=64", "ppl_max_tokens=256", "samples_in_report=2",
-                     "batch_size=8", "max_model_len=1024"],  # fmt: skip
+            "eval": [
+                "max_prompts=4",
+                "max_pairs=8",
+                "bootstrap=50",
+                "sampling.max_new_tokens=16",
+                "adversarial.per_rule=1",
+                "ppl_window=64",
+                "ppl_max_tokens=256",
+                "samples_in_report=2",
+                "batch_size=8",
+                # engine_options.max_model_len stays 2048: the engine caps it at the tiny model's 1024
+            ],
         },
         export={"format": "both", "verify": True},
     )
@@ -85,7 +96,8 @@ def _run_config(repo: Path, tmp: Path, model: Path) -> Path:
 
 
 def _repo_state(repo: Path) -> set[str]:
-    """Untracked files (not ignored) plus the top-level entries, ignored ones included."""
+    """Untracked (not ignored) files, the top-level entries and the files under the ignored output
+    folders (``runs/``, ``out/``, ``wandb/``): ``git status --porcelain`` alone misses ignored paths."""
     out = subprocess.run(
         ["git", "status", "--porcelain", "--untracked-files=all"],
         cwd=repo,
@@ -94,7 +106,8 @@ def _repo_state(repo: Path) -> set[str]:
         check=True,
     ).stdout
     untracked = {line[3:] for line in out.splitlines() if line.startswith("??")}
-    return untracked | {f"/{p.name}" for p in repo.iterdir()}
+    outputs = {str(p) for d in ("runs", "out", "wandb") for p in (repo / d).rglob("*")}
+    return untracked | outputs | {f"/{p.name}" for p in repo.iterdir()}
 
 
 @pytest.mark.slow
@@ -110,40 +123,76 @@ def test_onbrand_run_every_real_stage(tmp_path, repo_root, eval_tiny_dir):
     env.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
 
     before = _repo_state(repo_root)
-    proc = subprocess.run(
-        [str(onbrand), "run", str(cfg_path)], cwd=repo_root, env=env, capture_output=True, text=True
-    )
-    log = f"--- stdout\n{proc.stdout[-6000:]}\n--- stderr\n{proc.stderr[-6000:]}"
-    assert proc.returncode == 0, log
+    proc = _onbrand_run(onbrand, cfg_path, repo_root, env)
     new = _repo_state(repo_root) - before
-    assert not new, f"the run wrote into the repository: {sorted(new)}\n{log}"
+    assert not new, f"the run wrote into the repository: {sorted(new)}\n{_log(proc, tmp_path / 'run')}"
 
     out = tmp_path / "run"
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["timings"] == {s: {"status": "ran", "seconds": summary["timings"][s]["seconds"]} for s in STAGES}
+    assert list(summary["timings"]) == STAGES
+    assert {s: t["status"] for s, t in summary["timings"].items()} == dict.fromkeys(STAGES, "ran")
     for stage in STAGES:
         assert json.loads((out / "stages" / f"{stage}.json").read_text())["stage"] == stage
     results = summary["results"]
 
-    assert results["model"]["path"] == str(model) and results["model"]["base_answer"] is not None
+    assert results["model"]["path"] == str(model)
+    assert results["model"]["num_hidden_layers"] == 2 and results["model"]["base_answer"]
 
-    manifest = json.loads((out / "snapshot" / "manifest.json").read_text())
-    assert manifest["snapshot_id"] == results["data"]["snapshot_id"]
+    snapshot = json.loads((out / "snapshot" / "manifest.json").read_text())
+    assert snapshot["snapshot_id"] == results["data"]["snapshot_id"]
     assert results["data"]["counts"] == {"train": 10, "dev": 3, "test": 4, "judge": 4}
+    for split in ("train", "dev", "test", "judge"):
+        assert (out / "snapshot" / f"{split}.parquet").is_file(), split
     assert Path(results["data"]["report"]).is_file()
 
     for name in ("sft", "dpo", "reward"):
         run = out / name
-        assert (run / "adapter" / "adapter_config.json").is_file(), name
-        assert (run / "run.json").is_file(), name
         assert results[name]["run_dir"] == str(run)
+        assert (run / "adapter" / "adapter_config.json").is_file(), name
+        assert json.loads((run / "run.json").read_text())["kind"] == name
 
     report = json.loads((out / "eval" / "report.json").read_text())
-    assert report["summary"] == results["eval"]["summary"] and report["summary"]
+    assert report["summary"] and report["summary"] == results["eval"]["summary"]
+    assert results["eval"]["verdict"] and results["eval"]["gate"] is None
     assert (out / "eval" / "report.md").is_file()
-    assert results["eval"]["gate"] is None
+    # Every metric family ran (none skipped for a missing input), on the engine `auto` picks.
+    metrics = report["metrics"]
+    assert not metrics["skipped"], metrics["skipped"]
+    for key in ("win_rate", "compliance", "voice", "implicit", "kl", "perplexity", "adversarial"):
+        assert metrics.get(key), key
+    assert report["inputs"]["engine"] == ("vllm" if vllm_available() else "hf")
+    assert report["judge_independence"]["independent"] is True
 
     export = out / "export"
-    assert json.loads((export / "manifest.json").read_text())
+    assert json.loads((export / "manifest.json").read_text())["files"]
+    assert (export / "model.safetensors").is_file() and (export / "adapter").is_dir()
     verify = results["export"]["verify"]
     assert verify["ok"] is True and not verify["failures"], verify
+    checks = {c["name"] for c in verify["checks"]}
+    assert {"checksums", "transformers load (merged)", "PEFT load (adapter)"} <= checks, checks
+    assert ("vLLM load+generate" in checks) == vllm_available(), checks
+
+    # The same command again: every stage's inputs and outputs are unchanged, so every stage skips.
+    _onbrand_run(onbrand, cfg_path, repo_root, env)
+    timings = json.loads((out / "summary.json").read_text())["timings"]
+    assert {s: t["status"] for s, t in timings.items()} == dict.fromkeys(STAGES, "skipped")
+    assert not _repo_state(repo_root) - before
+
+
+def _log(proc: subprocess.CompletedProcess, out: Path | None = None) -> str:
+    """The terminal of the run, then the end of each stage log (the terminal only names them)."""
+    text = f"--- stdout\n{proc.stdout[-6000:]}\n--- stderr\n{proc.stderr[-4000:]}"
+    logs = sorted((out / "stages").glob("*.log"), key=lambda p: p.stat().st_mtime) if out else []
+    for log in logs[-2:]:  # the failed stage's log is the last one written
+        text += f"\n--- {log.name}\n{log.read_text(errors='replace')[-4000:]}"
+    return text
+
+
+def _onbrand_run(
+    onbrand: Path, cfg_path: Path, cwd: Path, env: dict[str, str]
+) -> subprocess.CompletedProcess:
+    proc = subprocess.run(
+        [str(onbrand), "run", str(cfg_path)], cwd=cwd, env=env, capture_output=True, text=True
+    )
+    assert proc.returncode == 0, _log(proc, cfg_path.parent / "run")
+    return proc

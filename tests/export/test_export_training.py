@@ -8,7 +8,7 @@ import torch
 
 lora_mod = pytest.importorskip("onbrand.training.lora")
 common = pytest.importorskip("onbrand.training.common")
-rundir = pytest.importorskip("onbrand.lineage")
+lineage = pytest.importorskip("onbrand.lineage")
 
 
 def _randomize(peft_model, seed):
@@ -22,10 +22,10 @@ def _randomize(peft_model, seed):
 def _run(out, kind, cfg, base, tok, parent=None):
     from onbrand.models import model_hash
 
-    rundir.init_run_dir(
+    lineage.init_run_dir(
         out, kind, cfg, base_model=str(base), base_model_hash=model_hash(base), parent_run=parent,
         snapshot_id="snap-test", brand=None, system_prompt="Be brief.",
-        tokenization=rundir.tokenizer_record(tok, "Be brief.", 128),
+        tokenization=lineage.tokenizer_record(tok, "Be brief.", 128),
     )  # fmt: skip
 
 
