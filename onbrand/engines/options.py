@@ -95,14 +95,6 @@ class EngineOptions:
         return args
 
 
-def engine_options(**kwargs: Any) -> tuple[EngineOptions, dict[str, Any]]:
-    """Split flat keyword options into (EngineOptions, the rest)."""
-    names = set(EngineOptions.__dataclass_fields__)
-    return EngineOptions(**{k: v for k, v in kwargs.items() if k in names}), {
-        k: v for k, v in kwargs.items() if k not in names
-    }
-
-
 def cli_flags(args: dict[str, Any]) -> list[str]:
     """``vllm.LLM`` keyword arguments as ``vllm serve`` flags (``enforce_eager=True`` -> ``--enforce-eager``)."""
     flags: list[str] = []
