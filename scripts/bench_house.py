@@ -17,6 +17,8 @@ import json
 import sys
 from pathlib import Path
 
+from onbrand.artifacts import sha256_file
+
 REPO = Path(__file__).resolve().parent.parent
 OUT = REPO / "bench" / "results"
 FOLDERS = ("onbrand", "kernels", "data", "annotate", "training", "eval", "export")
@@ -73,12 +75,24 @@ def _demo(clone: Path, log: Path) -> dict:
     report = json.loads((run / "eval" / "report.json").read_text())
     summary = json.loads((run / "summary.json").read_text())
     text = log.read_text(encoding="utf-8", errors="replace")
+    setup, _, run_part = text.partition("bin/onbrand run ")  # make's echo of the pipeline command
     return {
         "terminal_lines": text.count("\n"),
+        "setup_lines": setup.count("\n"),  # make setup on a fresh clone (pip's own output included)
+        "onbrand_run_lines": run_part.count("\n"),
         "stage_seconds": {k: v.get("seconds") for k, v in summary["timings"].items()},
         "eval_summary": report["summary"],
         "verdict": report["verdict"],
         "gate_passed": (report.get("gate") or {}).get("passed"),
+        "weights_sha256": {
+            str(f.relative_to(run)): sha256_file(f)
+            for f in sorted(
+                [*run.glob("*/adapter/adapter_model.safetensors"), *run.glob("export/model*.safetensors")]
+            )
+        },
+        "samples": [
+            (r["base"], r["aligned"]) for r in map(json.loads, (run / "eval" / "samples.jsonl").open())
+        ],
         "dpo_eval": {
             k: v for k, v in json.loads((run / "dpo" / "run.json").read_text()).get("eval", {}).items()
         },
@@ -96,6 +110,8 @@ def compare(new: dict, base: dict) -> dict:
         "rows_that_differ": differ,
         "rows_only_new": [r for r in rows if r not in base["eval_summary"]],
         "rows_only_baseline": [r for r in rows if r not in new["eval_summary"]],
+        "same_weights": new["weights_sha256"] == base["weights_sha256"],
+        "same_answers": f"{sum(a == b for a, b in zip(new['samples'], base['samples']))} of {len(base['samples'])}",
         "same_verdict": new["verdict"] == base["verdict"],
         "same_gate": new["gate_passed"] == base["gate_passed"],
     }
@@ -116,9 +132,12 @@ def markdown(res: dict) -> str:
     if "demo" in res:
         d, b, c = res["demo"], res["baseline"], res["comparison"]
         lines += ["", "| `make demo` | baseline | this commit |", "| --- | --- | --- |",
-                  f"| terminal lines | {b['terminal_lines']} | {d['terminal_lines']} |",
+                  f"| terminal lines, `onbrand run` part | {b['onbrand_run_lines']} | {d['onbrand_run_lines']} |",
+                  f"| terminal lines, `make setup` part (fresh clone) | {b['setup_lines']} | {d['setup_lines']} |",
                   f"| eval summary rows that differ | | {len(c['rows_that_differ'])} of {c['rows_compared']} |",
-                  f"| same verdict / same gate result | | {c['same_verdict']} / {c['same_gate']} |"]  # fmt: skip
+                  f"| same verdict / same gate result | | {c['same_verdict']} / {c['same_gate']} |",
+                  f"| SFT, DPO, reward adapters and merged export bit-identical | | {c['same_weights']} |",
+                  f"| eval answers (base, aligned) identical | | {c['same_answers']} |"]  # fmt: skip
     return "\n".join(lines) + "\n"
 
 
@@ -140,6 +159,8 @@ def main(argv: list[str] | None = None) -> int:
             _demo(args.baseline, args.baseline_log),
         )
         res["comparison"] = compare(res["demo"], res["baseline"])
+        for side in (res["demo"], res["baseline"]):
+            side.pop("samples")  # compared above; the texts stay in runs/demo/eval/samples.jsonl
     OUT.mkdir(parents=True, exist_ok=True)
     (OUT / "house.json").write_text(json.dumps(res, indent=1, ensure_ascii=False) + "\n")
     (OUT / "house.md").write_text(markdown(res))
