@@ -4,6 +4,9 @@ gives the same numbers as a baseline `make demo` and how many lines it prints.
     python scripts/bench_house.py                                  # static checks only
     python scripts/bench_house.py --demo NEW_CLONE --demo-log new.log \
         --baseline BASE_CLONE --baseline-log base.log              # + the two demo runs side by side
+    python scripts/bench_house.py --e2e                            # + the end-to-end test's wall time
+
+Results of an earlier call that this one does not redo (the demo runs, the e2e time) are kept.
 
 Writes ``bench/results/house.json`` and ``bench/results/house.md``. The layering itself is a test
 (``tests/core/test_core_layout.py``); this records the numbers quoted in notes.
@@ -14,7 +17,10 @@ from __future__ import annotations
 import argparse
 import ast
 import json
+import os
+import subprocess
 import sys
+import time
 from pathlib import Path
 
 from onbrand.artifacts import sha256_file
@@ -117,9 +123,23 @@ def compare(new: dict, base: dict) -> dict:
     }
 
 
+def e2e_wall() -> dict:
+    """One run of the end-to-end ``onbrand run`` test (two pipeline runs: the real one, then all skipped)."""
+    t0 = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/core/test_core_e2e.py"],
+                          cwd=REPO, capture_output=True, text=True)  # fmt: skip
+    return {"seconds": round(time.perf_counter() - t0, 1), "passed": proc.returncode == 0,
+            "date": time.strftime("%Y-%m-%d %H:%M"), "cpus": os.cpu_count()}  # fmt: skip
+
+
 def markdown(res: dict) -> str:
     s = res["static"]
-    lines = ["## House keeping (sizes, imports, demo output)", "", f"`{res['command']}` ({res['date']})", ""]
+    lines = [
+        "## House keeping (sizes, imports, demo output)",
+        "",
+        f"`{res['command']}` ({res.get('date', '')})",
+        "",
+    ]
     lines += ["| longest functions (lines) | where |", "| --- | --- |"]
     lines += [f"| {f['lines']} | `{f['where']}` |" for f in s["longest_functions"]]
     imp = s["onbrand_imports"]
@@ -138,6 +158,10 @@ def markdown(res: dict) -> str:
                   f"| same verdict / same gate result | | {c['same_verdict']} / {c['same_gate']} |",
                   f"| SFT, DPO, reward adapters and merged export bit-identical | | {c['same_weights']} |",
                   f"| eval answers (base, aligned) identical | | {c['same_answers']} |"]  # fmt: skip
+    if "e2e" in res:
+        e = res["e2e"]
+        lines += ["", f"End-to-end test (`tests/core/test_core_e2e.py`, {e['date']}, {e['cpus']} CPUs): "
+                  f"{e['seconds']:.0f} s, {'passed' if e['passed'] else 'FAILED'}."]  # fmt: skip
     return "\n".join(lines) + "\n"
 
 
@@ -148,9 +172,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--baseline", type=Path, help="checkout of the baseline commit where `make demo` ran")
     p.add_argument("--baseline-log", type=Path)
     p.add_argument("--date", default="", help="when the demo runs were made (and the load)")
+    p.add_argument("--e2e", action="store_true", help="time tests/core/test_core_e2e.py (one run)")
     args = p.parse_args(argv)
-    res = {"command": "python scripts/bench_house.py" + (" --demo ... --baseline ..." if args.demo else ""),
-           "date": args.date, "static": static(REPO)}  # fmt: skip
+    res = json.loads((OUT / "house.json").read_text()) if (OUT / "house.json").exists() else {}
+    res.setdefault("command", "python scripts/bench_house.py")
+    res["static"] = static(REPO)
+    if args.demo:
+        res["command"], res["date"] = "python scripts/bench_house.py --demo ... --baseline ...", args.date
+    if args.e2e:
+        res["e2e"] = e2e_wall()
     if args.baseline:
         res["baseline_static"] = static(args.baseline)
     if args.demo and args.baseline:
