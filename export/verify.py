@@ -228,7 +228,7 @@ def check_vllm(
     import tempfile
 
     out = Path(tempfile.mkdtemp(prefix="onbrand-vllm-")) / "result.json"
-    env = dict(os.environ)
+    env = dict(os.environ, PYTHONSAFEPATH="1")  # and -P below: vLLM's own workers inherit the env
     env.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
     cmd = [sys.executable, "-P", "-m", "onbrand.export.serve_check", str(root), "--json", str(out)]
     if base:

@@ -216,7 +216,7 @@ def main(argv=None) -> int:
                 ("vllm_upstream", "vllm", "upstream", "lora")]  # fmt: skip
         for engine, kind, lora_ops, workloads in runs:
             out = Path(tmp) / f"{engine}.json"
-            sub = [sys.executable, __file__, "--worker", kind, "--lora", str(lora), "--result", str(out),
+            sub = [sys.executable, "-P", __file__, "--worker", kind, "--lora", str(lora), "--result", str(out),
                    "--prompts", str(args.prompts), "--new-tokens", str(args.new_tokens), "--repeats",
                    str(args.repeats), "--threads", str(args.threads), "--batch-size", str(args.batch_size),
                    "--workloads", workloads]  # fmt: skip

@@ -126,7 +126,7 @@ def compare(new: dict, base: dict) -> dict:
 def e2e_wall() -> dict:
     """One run of the end-to-end ``onbrand run`` test (two pipeline runs: the real one, then all skipped)."""
     t0 = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/core/test_core_e2e.py"],
+    proc = subprocess.run([sys.executable, "-P", "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/core/test_core_e2e.py"],
                           cwd=REPO, capture_output=True, text=True)  # fmt: skip
     return {"seconds": round(time.perf_counter() - t0, 1), "passed": proc.returncode == 0,
             "date": time.strftime("%Y-%m-%d %H:%M"), "cpus": os.cpu_count()}  # fmt: skip

@@ -255,7 +255,7 @@ def main(argv=None) -> int:
         for impl in args.impls.split(","):
             with tempfile.NamedTemporaryFile(suffix=".json", delete=False) as f:
                 out = f.name
-            sub = [sys.executable, __file__, "--worker", impl, "--dtype", dtype, "--result", out,
+            sub = [sys.executable, "-P", __file__, "--worker", impl, "--dtype", dtype, "--result", out,
                    "--steps", str(args.steps), "--batch", str(args.batch), "--max-length", str(args.max_length),
                    "--r", str(args.r), "--beta", str(args.beta), "--lr", str(args.lr), "--threads", str(args.threads),
                    "--snapshot", args.snapshot]  # fmt: skip

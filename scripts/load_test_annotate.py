@@ -54,8 +54,8 @@ class Server:
     """``onbrand annotate serve`` as a child process we can SIGKILL and restart."""
 
     def __init__(self, db: str, brand: str, port: int, log: Path):
-        self.cmd = [sys.executable, "-m", "onbrand.cli", "annotate", "serve", "--db", db, "--brand", brand]
-        self.cmd += ["--host", HOST, "--port", str(port), "--log-level", "warning"]
+        self.cmd = [sys.executable, "-P", "-m", "onbrand.cli", "annotate", "serve", "--db", db]
+        self.cmd += ["--brand", brand, "--host", HOST, "--port", str(port), "--log-level", "warning"]
         self.url, self.log, self.proc = f"http://{HOST}:{port}", log, None
 
     def start(self, timeout: float = 60) -> float:

@@ -150,3 +150,13 @@ def test_sigkill_mid_export_leaves_no_complete_output(runs, tmp_path):
     for leftover in tmp_path.iterdir():
         assert leftover.name.startswith(".") and not (leftover / "manifest.json").exists()
         assert not verify_export(leftover, vllm="off").ok
+
+
+def test_cli_verify_from_repo_root_without_safe_path(merged_export, repo_root):
+    """The installed ``onbrand`` command, started in the repository root with PYTHONSAFEPATH unset:
+    the repo's bare ``kernels``/``data``/``eval`` folders must not shadow PyPI packages."""
+    exe = shutil.which("onbrand", path=os.path.dirname(sys.executable)) or "onbrand"
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONSAFEPATH"}
+    proc = subprocess.run([exe, "export", "verify", str(merged_export), "--vllm", "off"],
+                          cwd=repo_root, env=env, capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
