@@ -22,22 +22,47 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from onbrand.artifacts import atomic_dir, atomic_write_json, read_json
+from onbrand.training.fsdp_cpu import full_tensor, is_sharded, like_param
 
 _STEP = re.compile(r"^step-(\d+)$")
 
 
 def trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    return {n: p.detach().cpu().contiguous().clone() for n, p in model.named_parameters() if p.requires_grad}
+    """Whole trainable parameters on CPU (FSDP shards gathered: call it on every rank)."""
+    return {
+        n: full_tensor(p.detach()).cpu().contiguous().clone()
+        for n, p in model.named_parameters()
+        if p.requires_grad
+    }
+
+
+def _full_optim_options():
+    from torch.distributed.checkpoint.state_dict import StateDictOptions
+
+    return StateDictOptions(full_state_dict=True)
+
+
+def checkpoint_states(model, optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]] | None:
+    """FSDP: ``(trainable parameters, optimizer state)`` gathered whole (keyed by parameter name), a
+    collective every rank must join before the main process saves; ``None`` when nothing is sharded."""
+    if not is_sharded(model):
+        return None
+    from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict
+
+    return trainable_state(model), get_optimizer_state_dict(model, optimizer, options=_full_optim_options())
 
 
 def save_checkpoint(
-    run_dir: str | Path, step: int, model, optimizer, scheduler, extra: dict[str, Any], keep: int = 2
-) -> Path:
+    run_dir: str | Path, step: int, model, optimizer, scheduler, extra: dict[str, Any], keep: int = 2,
+    states: tuple[dict[str, torch.Tensor], dict[str, Any]] | None = None,
+) -> Path:  # fmt: skip
+    """``states``: :func:`checkpoint_states` (FSDP); otherwise read from ``model`` and ``optimizer``."""
     root = Path(run_dir) / "checkpoints"
     final = root / f"step-{step}"
+    params, optim = states or (trainable_state(model), optimizer.state_dict())
     with atomic_dir(final) as tmp:
-        save_file(trainable_state(model), str(tmp / "trainable.safetensors"))
-        torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+        save_file(params, str(tmp / "trainable.safetensors"))
+        torch.save(optim, tmp / "optimizer.pt")
         torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
         torch.save({"torch": torch.get_rng_state(), "python": random.getstate()}, tmp / "rng.pt")
         atomic_write_json(tmp / "state.json", {"step": step, **extra})
@@ -107,8 +132,14 @@ def load_checkpoint(path: str | Path, model, optimizer, scheduler) -> dict[str, 
         raise ValueError(f"{path}: checkpoint has parameters this model lacks: {missing[:3]} ...")
     with torch.no_grad():
         for name, value in tensors.items():
-            params[name].copy_(value)
-    optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=True))
+            params[name].copy_(like_param(value, params[name]))
+    optim = torch.load(path / "optimizer.pt", weights_only=True)
+    if is_sharded(model):  # saved whole by checkpoint_states; every rank takes its shards
+        from torch.distributed.checkpoint.state_dict import set_optimizer_state_dict
+
+        set_optimizer_state_dict(model, optimizer, optim, options=_full_optim_options())
+    else:
+        optimizer.load_state_dict(optim)
     scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=True))
     rng = torch.load(path / "rng.pt", weights_only=True)
     torch.set_rng_state(rng["torch"])

@@ -28,7 +28,7 @@ from onbrand.lineage import final_adapter, init_run_dir, load_run, tokenizer_rec
 from onbrand.models import load_tokenizer, model_hash
 from onbrand.training.batching import PackedBatch, TokenizedPair, collate, tokenize_pair
 from onbrand.training.loop import LoopResult, make_accelerator, run_loop
-from onbrand.training.lora import backbone
+from onbrand.training.lora import TRAINED, backbone
 
 
 @dataclass
@@ -165,11 +165,13 @@ def data_tokens(pairs: list[TokenizedPair]) -> int:
     )
 
 
-def save_adapter(model, out: Path) -> None:
-    """Atomic PEFT ``save_pretrained`` (temp dir renamed into place)."""
+def save_adapter(model, out: Path, state_dict: dict[str, torch.Tensor] | None = None) -> None:
+    """Atomic PEFT ``save_pretrained`` (temp dir renamed into place) of the trained adapter only
+    (a frozen parent stacked under it, see ``onbrand.training.lora``, is not saved again).
+    ``state_dict``: the gathered trainable parameters when the model is FSDP-sharded."""
 
     with atomic_dir(out) as tmp:
-        model.save_pretrained(str(tmp))
+        model.save_pretrained(str(tmp), selected_adapters=[TRAINED], state_dict=state_dict)
 
 
 def parent_of(init_from: str | None) -> tuple[dict[str, Any] | None, Path | None]:
@@ -263,7 +265,9 @@ def finish_run(out: Path, kind: str, peft_model, parent_adapter, metrics: dict[s
     """Save stage_adapter/ and adapter/ (concatenated with the parent's), eval.json, run.json."""
     import shutil
 
-    save_adapter(peft_model, out / "stage_adapter")
+    gathered = getattr(result, "trainable", None)  # FSDP: PackedModel names -> the PEFT model's
+    gathered = {k.removeprefix("model."): v for k, v in gathered.items()} if gathered is not None else None
+    save_adapter(peft_model, out / "stage_adapter", gathered)
     if parent_adapter is not None:
         concat_lora_adapters(parent_adapter, out / "stage_adapter", out / "adapter")
     else:

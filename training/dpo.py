@@ -14,8 +14,9 @@ ref_r of the reference::
 What differs from TRL's DPOTrainer (same math, less work):
 
 - the reference is the policy with adapters disabled (after ``init_from`` the SFT adapter is merged
-  into the base first), and its log-probs are computed once and cached on disk
-  (``onbrand.training.ref_cache``, keyed by snapshot, model hash and tokenization);
+  into the base first; on a 4-bit base it stays stacked, frozen, and only the new adapter is
+  disabled: ``onbrand.training.lora.reference_adapters``), and its log-probs are computed once and
+  cached on disk (``onbrand.training.ref_cache``, keyed by snapshot, model hash and tokenization);
 - each pair is ONE packed segment ``[prompt, chosen, rejected]`` (the prompt runs once), rows are
   padding-free (``onbrand.training.batching``);
 - log-probs only at completion positions, from the last hidden states through the fused linear
@@ -46,7 +47,7 @@ from onbrand.training.common import (
     train_pairs,
 )
 from onbrand.training.loop import TrainConfig, autocast
-from onbrand.training.lora import LoRAConfig, build_policy
+from onbrand.training.lora import LoRAConfig, build_policy, reference_adapters
 
 LossType = Literal[LOSS_TYPES]  # type: ignore[valid-type]  # the kernels' loss registry
 
@@ -73,7 +74,7 @@ class DPOLoss:
 @dataclass
 class DPOConfig:
     model: str = DEFAULT_MODEL
-    init_from: str | None = None  # an SFT run dir: its adapter is merged into the base first
+    init_from: str | None = None  # an SFT run dir: its adapter is merged (nf4: stacked) first
     out_dir: str = "runs/demo/dpo"
     data: DataSection = field(default_factory=DataSection)
     lora: LoRAConfig = field(default_factory=LoRAConfig)
@@ -101,14 +102,14 @@ def batch_logps(model: PackedModel, pairs, tok, cfg: DPOConfig, device) -> dict[
 
 @torch.no_grad()
 def reference_logps(model: PackedModel, pairs, tok, cfg: DPOConfig, device, desc="reference log-probs"):
-    """Reference = policy with adapters disabled. Returns chosen (N,), rejected (N,)."""
+    """Reference = policy without its trainable adapter. Returns chosen (N,), rejected (N,)."""
     from tqdm.auto import tqdm
 
     was_training = model.training
     model.eval()
     out_c, out_r = [], []
     bs = cfg.eval_batch_size
-    with model.model.disable_adapter():
+    with reference_adapters(model.model):
         for i in tqdm(range(0, len(pairs), bs), desc=desc, leave=False, disable=len(pairs) <= bs):
             got = batch_logps(model, pairs[i : i + bs], tok, cfg, device)
             out_c.append(got["chosen"])
@@ -248,13 +249,14 @@ def train(cfg: DPOConfig) -> int:
     peft_model = build_policy(
         run.base_model, cfg.lora, parent_adapter=run.parent_adapter,
         gradient_checkpointing=cfg.train.gradient_checkpointing, pad_token_id=run.tok.pad_token_id,
+        stack_parent=True,
     )  # fmt: skip
     model = PackedModel(peft_model).to(acc.device)
     hits = {}
     if cfg.dpo.needs_reference and cfg.ref_cache:
         key_base = dict(
             snapshot_id=run.manifest.get("snapshot_id"), model=run.lineage_hash, tokenization=run.tokenization,
-            precision=cfg.train.precision, shared_prefix=cfg.shared_prefix,
+            precision=cfg.train.precision, shared_prefix=cfg.shared_prefix, quantize=cfg.lora.quantize,
         )  # fmt: skip
         hits = attach_reference(
             acc,

@@ -31,11 +31,14 @@ import torch
 
 from onbrand.config import check_range
 from onbrand.training.checkpoint import (
+    checkpoint_states,
     config_fingerprint,
     latest_checkpoint,
     load_checkpoint,
     save_checkpoint,
+    trainable_state,
 )
+from onbrand.training.fsdp_cpu import cpu_fsdp_requested, full_tensor, is_sharded, make_cpu_fsdp_accelerator
 from onbrand.training.tracking import Tracker, TrackingConfig
 
 
@@ -100,6 +103,8 @@ def peak_memory_mb(device: torch.device) -> float:
 def make_accelerator():
     from accelerate import Accelerator
 
+    if cpu_fsdp_requested():  # accelerate alone would run FSDP-on-CPU as DDP
+        return make_cpu_fsdp_accelerator()
     return Accelerator(cpu=not torch.cuda.is_available())
 
 
@@ -151,6 +156,8 @@ class LoopResult:
     last_metrics: dict[str, Any]
     stopped_early: bool
     seconds: float
+    # FSDP: the whole trainable parameters (gathered on every rank), for saving the adapter on one
+    trainable: dict[str, torch.Tensor] | None = None
 
 
 def total_steps(cfg: TrainConfig, n_train: int) -> int:
@@ -205,6 +212,7 @@ def _optimizer_step(acc, model, opt, sched, cfg: TrainConfig) -> tuple[Any, floa
     grad_norm = acc.clip_grad_norm_(
         [p for p in model.parameters() if p.requires_grad], cfg.max_grad_norm or float("inf")
     )
+    grad_norm = full_tensor(grad_norm)  # FSDP: a DTensor
     lr = sched.get_last_lr()[0]
     opt.step()
     sched.step()
@@ -277,10 +285,11 @@ def run_loop(
             bar.update(1)
             bar.set_postfix(loss=f"{metrics['loss']:.4f}", tok_s=f"{metrics['tokens_per_s']:.0f}")
             if (cfg.save_every and step % cfg.save_every == 0) or step == cfg.stop_after:
+                states = checkpoint_states(model, opt)  # every rank: FSDP gathers its shards
                 if acc.is_main_process:
                     extra = {"total_steps": total, "seed": cfg.seed, "config_fingerprint": fingerprint}
                     last_good = str(
-                        save_checkpoint(out_dir, step, model, opt, sched, extra, cfg.keep_checkpoints)
+                        save_checkpoint(out_dir, step, model, opt, sched, extra, cfg.keep_checkpoints, states)
                     )
                 acc.wait_for_everyone()
             if cfg.stop_after and step == cfg.stop_after:
@@ -290,4 +299,5 @@ def run_loop(
     finally:
         bar.close()
         tracker.close()
-    return LoopResult(total, metrics, False, time.perf_counter() - t_run)
+    gathered = trainable_state(model) if is_sharded(model) else None
+    return LoopResult(total, metrics, False, time.perf_counter() - t_run, gathered)

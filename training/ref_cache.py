@@ -1,11 +1,11 @@
 """Reference log-probs computed once and cached on disk.
 
 The key is a hash of everything that decides the numbers: the data snapshot id, the model hash
-(base + merged parent adapter), the tokenization record (template, system prompt, max_length), the
-precision and the record ids in order. The file ``<dir>/<key>.safetensors`` holds ``chosen`` and
-``rejected`` (N,) fp32 tensors and, in its metadata, the full key JSON. On load the stored key is
-compared with the expected one: any difference (stale or foreign file) is reported and the cache
-is recomputed, never silently reused.
+(base + parent adapter, merged or stacked), the base's quantization, the tokenization record
+(template, system prompt, max_length), the precision and the record ids in order. The file
+``<dir>/<key>.safetensors`` holds ``chosen`` and ``rejected`` (N,) fp32 tensors and, in its
+metadata, the full key JSON. On load the stored key is compared with the expected one: any
+difference (stale or foreign file) is reported and the cache is recomputed, never silently reused.
 """
 
 from __future__ import annotations

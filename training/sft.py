@@ -103,6 +103,7 @@ def train(cfg: SFTConfig) -> int:
     peft_model = build_policy(
         run.base_model, cfg.lora, parent_adapter=run.parent_adapter,
         gradient_checkpointing=cfg.train.gradient_checkpointing, pad_token_id=run.tok.pad_token_id,
+        stack_parent=True,
     )  # fmt: skip
     model = PackedModel(peft_model).to(acc.device)
     wrapped = acc.prepare(model)
