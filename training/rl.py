@@ -8,13 +8,14 @@ Run::
 
 One optimizer step, for P prompts x G completions each (``rollout.num_generations``)::
 
-    y_ij ~ pi(. | x_i)                                   rollouts (live policy, transformers engine)
+    y_ij ~ pi(. | x_i)                                   rollouts (training/rl_rollouts.py: live or vLLM)
     R_ij = sum_k w_k r_k(x_i, y_ij)                      training/rl_rewards.py, each r_k logged
     kl_ij = sum_t log pi(y_ijt | .) - log ref(y_ijt | .)  ref = the policy with its LoRA disabled
     kl_mode=reward: R_ij <- R_ij - beta * kl_ij           (the RLOO/PPO-style KL-shaped reward)
     A_ij = (R_ij - mean_j R_ij) / std_j R_ij              GRPO;  RLOO: G/(G-1) (R_ij - mean_j R_ij)
     loss = - sum_ijt A_ij * rho_ijt / T_tokens  [+ beta * mean_t k3_ijt  when kl_mode=loss]
     rho = exp(logp - logp.detach())                       (= 1, gradient = grad logp: one update per rollout)
+    vLLM rollouts: rho_ijt *= min(exp(logp - logp_rollout), importance_cap)   (truncated importance sampling)
     k3 = exp(ref - logp) - (ref - logp) - 1               (the unbiased, non-negative KL estimator)
 
 Why a compact loop and not TRL 1.16's ``GRPOTrainer``/``RLOOTrainer`` (which do run on this CPU):
@@ -23,8 +24,8 @@ the trainers own generation (``model.generate``/their own vLLM), checkpointing (
 sinks or exportable ``adapter/`` (docs/architecture.md); their defaults (``beta=0``: no KL control,
 ``num_generations=8``, ``max_completion_length=512``) are wrong for CPU anyway. Here the shared
 training loop (``training/loop.py``: DDP, clipping, checkpoints, resume, tracking) runs a step
-function that (1) generates through the eval engines' transformers engine on the LIVE policy (vLLM
-would need the LoRA saved and reloaded every step, which costs more than it saves on CPU), (2)
+function that (1) generates through the eval engines' transformers engine on the LIVE policy, or
+through vLLM with the policy's LoRA refreshed every ``rollout.sync_every`` steps (rl_rollouts.py), (2)
 scores with composed rewards, (3) packs two completions of the same prompt per segment
 (``[prompt, y1, y2]``, the shared-prefix packing of DPO: the prompt runs once per two completions)
 and gets log-probs through the fused linear log-prob kernel (no vocab-sized logits).
@@ -44,8 +45,7 @@ from onbrand.artifacts import atomic_dir, read_json
 from onbrand.config import check_range, load_config, to_dict
 from onbrand.data.brand import load_brand
 from onbrand.data.snapshot import load_snapshot
-from onbrand.engines.base import Request, Sampling, render_prompt, stop_token_ids
-from onbrand.engines.hf import HFEngine
+from onbrand.engines.base import render_prompt
 from onbrand.kernels import fused_linear_logprobs
 from onbrand.lineage import init_run_dir, tokenizer_record, update_run
 from onbrand.models import DEFAULT_MODEL, load_tokenizer, model_hash
@@ -64,26 +64,8 @@ from onbrand.training.goodhart import GoodhartConfig, GoodhartMonitor, GoodhartS
 from onbrand.training.loop import TrainConfig, autocast, make_accelerator, run_loop
 from onbrand.training.lora import LoRAConfig, build_policy
 from onbrand.training.rl_rewards import RewardComposer, RewardTerm, Rollout, group_advantages
+from onbrand.training.rl_rollouts import Completion, RolloutConfig, make_rollouts, timed_rollout
 from onbrand.training.tracking import read_metrics
-
-ADAPTER = "default"  # PEFT's name of the one trainable adapter
-
-
-@dataclass
-class RolloutConfig:
-    num_generations: int = 4  # G completions per prompt (the group of the baseline)
-    max_new_tokens: int = 32
-    temperature: float = 1.0
-    top_p: float = 1.0
-    engine: Literal["live"] = "live"  # transformers generate on the policy being trained
-    gen_batch_size: int = 16  # prompts per generate call
-
-    def __post_init__(self) -> None:
-        check_range("rollout.num_generations", self.num_generations, 2, 256)
-        check_range("rollout.max_new_tokens", self.max_new_tokens, 1, 8192)
-        check_range("rollout.temperature", self.temperature, 0, 10, lo_open=True)
-        check_range("rollout.top_p", self.top_p, 0, 1, lo_open=True)
-        check_range("rollout.gen_batch_size", self.gen_batch_size, 1, None)
 
 
 @dataclass
@@ -178,42 +160,6 @@ class PolicyModel(PackedModel):
         return fused_linear_logprobs(h, weight, batch.targets, memory_budget_mb=self.chunk_budget_mb)
 
 
-class LivePolicyEngine(HFEngine):
-    """The eval engines' transformers engine over the policy being trained (no reload per step).
-
-    Requests name the adapter ``"default"`` (the trainable LoRA); ``None`` would be the reference.
-    """
-
-    def __init__(self, peft_model, tokenizer, batch_size: int = 16):
-        self.adapters = {ADAPTER: "<live policy>"}
-        self.model = peft_model
-        self.tokenizer = tokenizer
-        self.tokenizer.padding_side = "left"
-        self.stops = stop_token_ids(tokenizer, getattr(peft_model, "generation_config", None))
-        self.batch_size = batch_size
-        self.progress = False
-
-
-def rollout(engine: LivePolicyEngine, prompts: list[RLPrompt], cfg: RLConfig, seed: int):
-    """G samples per prompt -> (P*G) completions, prompt-major: (token ids incl. stop, text, finish)."""
-
-    r = cfg.rollout
-    sampling = Sampling(r.max_new_tokens, r.temperature, r.top_p, n=r.num_generations, seed=seed)
-    model = engine.model
-    was_training = model.training
-    model.eval()
-    try:
-        gens = engine.generate([Request(p.messages, adapter=ADAPTER, id=p.id) for p in prompts], sampling)
-    finally:
-        model.train(was_training)
-    out = []
-    for g in gens:
-        for ids, text, why in zip(g.token_ids, g.texts, g.finish_reasons):
-            # keep the stop token: the policy must also learn WHEN to stop (length control)
-            out.append((list(ids) + ([engine.stops[0]] if why == "stop" else []), text, why))
-    return out
-
-
 def pack_group(prompts: list[RLPrompt], completions: list[list[int]], G: int):
     """Two completions of one prompt per segment ``[prompt, y_a, y_b]`` -> (pairs, slot (P*G,)).
 
@@ -232,14 +178,27 @@ def pack_group(prompts: list[RLPrompt], completions: list[list[int]], G: int):
 
 
 # ----------------------------------------------------------------------------- loss
-def policy_loss(logp, ref, seq, adv, n_seq: int, cfg: RLAlgo) -> tuple[torch.Tensor, dict[str, float]]:
+def policy_loss(
+    logp, ref, seq, adv, n_seq: int, cfg: RLAlgo, behaviour=None, cap: float = 0.0
+) -> tuple[torch.Tensor, dict[str, float]]:
     """Policy-gradient loss on M completion tokens.
 
     logp, ref (M,) token log-probs (policy with grad, reference); seq (M,) completion index in
-    [0, N); adv (N,) advantages. Returns the loss and the mean per-token k3 KL.
+    [0, N); adv (N,) advantages. ``behaviour`` (M,): the log-probs the rollout engine sampled with
+    (vLLM); each token is then weighted by ``min(exp(logp - behaviour), cap)`` (truncated importance
+    sampling). Returns the loss and metrics (mean per-token k3 KL, importance weights).
     """
-    ratio = torch.exp(logp - logp.detach())  # = 1; d ratio = d logp (on-policy, one update per rollout)
+    ratio = torch.exp(logp - logp.detach())  # = 1; d ratio = d logp (one update per rollout batch)
     per_tok = -adv[seq] * ratio
+    metrics: dict[str, float] = {}
+    if behaviour is not None and cap > 0:
+        log_w = logp.detach() - behaviour
+        w = torch.exp(log_w)
+        per_tok = per_tok * w.clamp(max=cap)
+        metrics.update({
+            "rollout/is_weight": w.clamp(max=cap).mean().item(), "rollout/is_truncated": (w > cap).float().mean().item(),
+            "rollout/logp_gap": log_w.abs().mean().item(),
+        })  # fmt: skip
     log_r = ref - logp
     k3 = torch.exp(log_r) - log_r - 1  # (M,) >= 0
     if cfg.kl_mode == "loss" and cfg.beta > 0:
@@ -249,7 +208,25 @@ def policy_loss(logp, ref, seq, adv, n_seq: int, cfg: RLAlgo) -> tuple[torch.Ten
     else:
         counts = torch.bincount(seq, minlength=n_seq).clamp(min=1)
         loss = (per_tok.new_zeros(n_seq).index_add(0, seq, per_tok) / counts).mean()
-    return loss, {"kl_k3": k3.detach().mean().item()}
+    return loss, {"kl_k3": k3.detach().mean().item(), **metrics}
+
+
+def behaviour_logps(outs: list[Completion], seq: torch.Tensor) -> torch.Tensor | None:
+    """The rollout engine's log-probs in the packed token order of ``seq`` (M,), or None.
+
+    The tokens of one completion appear in order in the packed stream, so a stable sort by
+    completion index gives the completion-major order of the engine's lists."""
+    if any(o.behaviour_logps is None for o in outs):
+        return None
+    counts = torch.bincount(seq.cpu(), minlength=len(outs))
+    lens = torch.tensor([len(o.behaviour_logps) for o in outs])
+    if not torch.equal(counts, lens):
+        raise RuntimeError(f"packed completion lengths {counts.tolist()} != rollout lengths {lens.tolist()}")
+    order = torch.argsort(seq.cpu(), stable=True)  # packed -> completion-major order
+    rank = torch.empty_like(order)
+    rank[order] = torch.arange(len(order))
+    flat = torch.tensor([x for o in outs for x in o.behaviour_logps], dtype=torch.float32)
+    return flat[rank].to(seq.device)
 
 
 def _logps(model, ref_model: PackedModel, pairs, slot, tok, cfg: RLConfig, device):
@@ -274,7 +251,7 @@ def _reduce_mean(acc, values: dict[str, float]) -> dict[str, float]:
     return {k: float(v) for k, v in zip(keys, t.cpu().tolist())}
 
 
-def make_step_fn(acc, unwrapped: PolicyModel, engine, composer, monitor, tok, cfg: RLConfig, state):
+def make_step_fn(acc, unwrapped: PolicyModel, rollouts, composer, monitor, tok, cfg: RLConfig, state):
     """``step_fn(model, prompts) -> (loss, metrics)`` for the shared loop (one rollout batch)."""
     G = cfg.rollout.num_generations
     device = acc.device
@@ -282,9 +259,10 @@ def make_step_fn(acc, unwrapped: PolicyModel, engine, composer, monitor, tok, cf
     def step_fn(model, prompts):
         state["step"] += 1
         step = state["step"]
-        outs = rollout(engine, prompts, cfg, seed=cfg.train.seed * 1_000_003 + step * 101 + acc.process_index)
-        ids = [o[0] for o in outs]
-        texts = [o[1] for o in outs]
+        seed = cfg.train.seed * 1_000_003 + step * 101 + acc.process_index
+        outs, timing = timed_rollout(rollouts, unwrapped.model, prompts, step, seed)
+        ids = [o.ids for o in outs]
+        texts = [o.text for o in outs]
         rolls = [
             Rollout(prompts[k // G].messages, texts[k], len(ids[k]), prompts[k // G].channel)
             for k in range(len(outs))
@@ -298,7 +276,9 @@ def make_step_fn(acc, unwrapped: PolicyModel, engine, composer, monitor, tok, cf
         if cfg.rl.kl_mode == "reward":
             total = total - cfg.rl.beta * seq_kl
         adv = group_advantages(total, G, cfg.rl.algorithm, cfg.rl.scale_rewards)
-        loss, m = policy_loss(logp, ref, seq, adv, n, cfg.rl)
+        behaviour = behaviour_logps(outs, seq)
+        loss, m = policy_loss(logp, ref, seq, adv, n, cfg.rl, behaviour, cfg.rollout.importance_cap)
+        m.update(timing)
         lengths = [len(x) for x in ids]
         m.update({f"reward/{k}": float(v.mean()) for k, v in parts.items()})
         div = diversity(texts)
@@ -307,7 +287,7 @@ def make_step_fn(acc, unwrapped: PolicyModel, engine, composer, monitor, tok, cf
             "reward/kl_penalty": -cfg.rl.beta * seq_kl.mean().item(), "reward/group_std": float(task.reshape(-1, G).std(1, ddof=1).mean()),
             "kl": seq_kl.sum().item() / max(1, sum(lengths)), "kl_seq": seq_kl.mean().item(),
             "completion/length": sum(lengths) / n, "completion/max_length": float(max(lengths)),
-            "completion/truncated": sum(o[2] == "length" for o in outs) / n,
+            "completion/truncated": sum(o.finish == "length" for o in outs) / n,
             "completion/distinct_2": div["distinct_2"], "completion/repetition": div["repetition"],
         })  # fmt: skip
         state["tokens"] = sum(lengths) + sum(len(p) for p in prompts)
@@ -348,7 +328,7 @@ def _setup(cfg: RLConfig, acc):
             brand=brand, system_prompt=system_prompt,
             tokenization=tokenizer_record(tok, system_prompt, cfg.train.max_length),
             extra={"world_size": acc.num_processes, "train_prompts": len(prompts),
-                   "algorithm": cfg.rl.algorithm, "rollout_engine": "transformers (live policy)",
+                   "algorithm": cfg.rl.algorithm, "rollout_engine": cfg.rollout.engine,
                    "data": {"snapshot_id": manifest.get("snapshot_id"), "split": cfg.data.train_split,
                             "record_ids": sorted(p.id for p in prompts)}},
         )  # fmt: skip
@@ -357,16 +337,19 @@ def _setup(cfg: RLConfig, acc):
         base_name, cfg.lora, parent_adapter=parent_adapter,
         gradient_checkpointing=cfg.train.gradient_checkpointing, pad_token_id=tok.pad_token_id,
     )  # fmt: skip
-    return tok, prompts, composer, peft_model, parent_adapter
+    return tok, prompts, composer, peft_model, parent_adapter, base_name
 
 
 def train(cfg: RLConfig) -> int:
     seed_everything(cfg.train.seed, cfg.train.threads)
     acc = make_accelerator()
     out = Path(cfg.out_dir)
-    tok, prompts, composer, peft_model, parent_adapter = _setup(cfg, acc)
+    tok, prompts, composer, peft_model, parent_adapter, base_name = _setup(cfg, acc)
     model = PolicyModel(peft_model, cfg.rollout.temperature).to(acc.device)
-    engine = LivePolicyEngine(peft_model, tok, cfg.rollout.gen_batch_size)
+    rollouts = make_rollouts(
+        cfg.rollout, peft_model, tok, base_name, parent_adapter, out / f".rollout-rank{acc.process_index}",
+        seed=cfg.train.seed + acc.process_index,
+    )  # fmt: skip
     monitor = GoodhartMonitor(cfg.goodhart, out / "goodhart.jsonl" if acc.is_main_process else None,
                               verbose=acc.is_main_process)  # fmt: skip
     # the same checkpoint run_loop will resume from (same config fingerprint)
@@ -374,7 +357,7 @@ def train(cfg: RLConfig) -> int:
     state = {"step": _ckpt_step(ckpt), "tokens": 0}
     _replay_monitor(monitor, out, state["step"])
     wrapped = acc.prepare(model)
-    step_fn = make_step_fn(acc, model, engine, composer, monitor, tok, cfg, state)
+    step_fn = make_step_fn(acc, model, rollouts, composer, monitor, tok, cfg, state)
     stopped = None
     try:
         result = run_loop(
@@ -385,6 +368,8 @@ def train(cfg: RLConfig) -> int:
         print(f"rl: {e}", file=sys.stderr)
         stopped = str(e)
         result = None
+    finally:
+        rollouts.close()
     if result is not None and result.stopped_early:
         print(
             f"stopped after step {result.steps} (train.stop_after); resume with the same command",

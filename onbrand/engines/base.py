@@ -80,6 +80,10 @@ class Generation:
     token_ids: list[list[int]]
     finish_reasons: list[str] = field(default_factory=list)  # "stop" | "length"
     prompt_tokens: int = 0
+    # Only from engines asked for them (vLLM with ``sampled_logprobs``): per completion, the sampling
+    # log-prob of each generated token, the stop token included when there was one, and that token.
+    logprobs: list[list[float]] | None = None
+    stop_tokens: list[int | None] | None = None
 
     @property
     def text(self) -> str:

@@ -56,10 +56,14 @@ class VLLMEngine:
         seed: int = 0,
         progress: bool = False,
         options: EngineOptions | None = None,
+        sampled_logprobs: bool = False,
         **option_fields,
     ):
         """``options`` (or its fields as keywords: ``kv_cache_gib``, ``max_model_len``, ...) say how
-        vLLM starts; see ``onbrand.engines.options``."""
+        vLLM starts; see ``onbrand.engines.options``. ``sampled_logprobs``: every
+        :class:`Generation` also carries the log-prob of each sampled token under the distribution it
+        was sampled from (after temperature and top-p: vLLM's ``processed_logprobs``), which RL uses
+        to correct for a policy that moved since the engine's adapter was last refreshed."""
 
         options = options or EngineOptions(**option_fields)
         self.adapters = {k: str(Path(v).resolve()) for k, v in (adapters or {}).items()}
@@ -97,9 +101,30 @@ class VLLMEngine:
             enable_chunked_prefill=False,
             max_num_batched_tokens=max(4096, kwargs["max_model_len"]),
         )
+        self.sampled_logprobs = sampled_logprobs
+        if sampled_logprobs:
+            kwargs["logprobs_mode"] = "processed_logprobs"
         self.llm = LLM(**kwargs)
         self._lora_ids = {name: i + 1 for i, name in enumerate(self.adapters)}
+        self._next_lora_id = len(self.adapters) + 1
         self.progress = progress
+
+    def add_adapter(self, name: str, path: str | os.PathLike) -> None:
+        """Serve one more LoRA under a NEW id (vLLM caches adapters by id, so reusing an id after the
+        files changed would serve the stale weights). Its rank must fit the engine's ``max_lora_rank``,
+        fixed by the adapters given at start."""
+        if name in self.adapters:
+            raise ValueError(f"adapter {name!r} is already served; remove it first or use a new name")
+        self.adapters[name] = str(Path(path).resolve())
+        self._lora_ids[name] = self._next_lora_id
+        self._next_lora_id += 1
+
+    def remove_adapter(self, name: str) -> None:
+        """Stop serving an adapter and free its slot in vLLM's LoRA cache."""
+        lora_id = self._lora_ids.pop(name)
+        del self.adapters[name]
+        if lora_id in self.llm.llm_engine.list_loras():
+            self.llm.llm_engine.remove_lora(lora_id)
 
     def _lora(self, adapter: str | None):
         if adapter is None:
@@ -126,6 +151,7 @@ class VLLMEngine:
                     seed=None if sampling.greedy else sampling.seed + i,
                     stop_token_ids=self.stops,
                     detokenize=False,  # decoded below with the same tokenizer as the HF engine
+                    logprobs=0 if self.sampled_logprobs else None,  # 0: the sampled token's only
                 )
                 for i in idx
             ]
@@ -136,17 +162,27 @@ class VLLMEngine:
                 use_tqdm=self.progress,
             )
             for i, p, res in zip(idx, prompts, results):
-                cut = [strip_stop(list(c.token_ids), self.stops) for c in res.outputs]
-                token_ids = [c[0] for c in cut]
-                out[i] = Generation(
-                    request_id=requests[i].id,
-                    adapter=adapter,
-                    texts=[self.tokenizer.decode(t, skip_special_tokens=True) for t in token_ids],
-                    token_ids=token_ids,
-                    finish_reasons=[c[1] for c in cut],
-                    prompt_tokens=len(p),
-                )
+                out[i] = self._generation(requests[i].id, adapter, p, res.outputs)
         return out  # type: ignore[return-value]
+
+    def _generation(self, request_id, adapter, prompt, outputs) -> Generation:
+        cut = [strip_stop(list(c.token_ids), self.stops) for c in outputs]
+        token_ids = [c[0] for c in cut]
+        gen = Generation(
+            request_id=request_id,
+            adapter=adapter,
+            texts=[self.tokenizer.decode(t, skip_special_tokens=True) for t in token_ids],
+            token_ids=token_ids,
+            finish_reasons=[c[1] for c in cut],
+            prompt_tokens=len(prompt),
+        )
+        if self.sampled_logprobs:
+            gen.logprobs, gen.stop_tokens = [], []
+            for c, ids, why in zip(outputs, token_ids, gen.finish_reasons):
+                keep = len(ids) + (why == "stop")  # the stop token was sampled too
+                gen.logprobs.append([c.logprobs[t][tok].logprob for t, tok in enumerate(c.token_ids[:keep])])
+                gen.stop_tokens.append(int(c.token_ids[len(ids)]) if why == "stop" else None)
+        return gen
 
     def close(self) -> None:
         llm = getattr(self, "llm", None)

@@ -19,6 +19,7 @@ MAPPED = {
     "onbrand.kernels": "kernels",
     "onbrand.annotate": "annotate",
     "onbrand.export": "export",
+    "onbrand.serve": "serve",
 }
 STAGE_FOLDERS = [v for v in MAPPED.values() if v != "onbrand"]
 

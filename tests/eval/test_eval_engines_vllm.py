@@ -117,3 +117,21 @@ def test_platform_plugin_selects_the_lora_ops(ops):
 
 def test_engine_defaults_to_grouped_lora_ops(engines):
     assert os.environ.get("ONBRAND_VLLM_LORA_OPS") == "grouped"
+
+
+def test_engine_swaps_adapters_under_new_ids(eval_tiny_dir, eval_lora_dir, chats):
+    """add_adapter/remove_adapter: a new name gets a new LoRA id; the removed one is gone from vLLM."""
+    with VLLMEngine(eval_tiny_dir, {"v1": eval_lora_dir}, kv_cache_gib=0.25, max_model_len=256,
+                    sampled_logprobs=True) as v:  # fmt: skip
+        s = Sampling(max_new_tokens=6, temperature=1.0, n=2, seed=3)
+        first = v.generate([Request(chats[0], adapter="v1")], s)[0]
+        v.add_adapter("v2", eval_lora_dir)
+        v.remove_adapter("v1")
+        assert v._lora_ids == {"v2": 2} and 1 not in v.llm.llm_engine.list_loras()
+        with pytest.raises(ValueError, match="unknown adapter"):
+            v.generate([Request(chats[0], adapter="v1")], s)
+        again = v.generate([Request(chats[0], adapter="v2")], s)[0]
+        assert again.token_ids == first.token_ids  # same weights, same seeds
+        for g in (first, again):
+            for ids, lps, why in zip(g.token_ids, g.logprobs, g.finish_reasons):
+                assert len(lps) == len(ids) + (why == "stop") and all(lp <= 0.0 for lp in lps)

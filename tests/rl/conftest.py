@@ -37,25 +37,66 @@ exemplars:
 """
 
 
-@pytest.fixture(scope="session")
-def bang_model_dir(tmp_path_factory, tiny_model_dir) -> Path:
+def make_bang(src: Path, out: Path, lift: float = 2.2) -> Path:
     import torch
     from transformers import AutoModelForCausalLM
 
-    out = tmp_path_factory.mktemp("bang-llama")
-    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    model = AutoModelForCausalLM.from_pretrained(src)
     with torch.no_grad():
-        emb = model.get_input_embeddings().weight  # (V, 64), tied to the head
+        emb = model.get_input_embeddings().weight  # (V, H), tied to the head
         emb[:, 0] = 3.0
-        emb[BANG, 0] = 5.2
+        emb[BANG, 0] = 3.0 + lift
     model.save_pretrained(out, safe_serialization=True)
-    for f in tiny_model_dir.iterdir():
+    for f in src.iterdir():
         if (
             f.name.startswith(("tokenizer", "special_tokens", "chat_template"))
             or f.name == "generation_config.json"
         ):
             shutil.copy(f, out / f.name)
     return out
+
+
+def make_parent_run(base_dir: Path, out: Path) -> Path:
+    """A parent run (run.json + adapter/: a random r=2 LoRA on q/v) for ``init_from``."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from onbrand.artifacts import atomic_write_json
+
+    torch.manual_seed(0)
+    base = AutoModelForCausalLM.from_pretrained(base_dir)
+    peft = get_peft_model(base, LoraConfig(r=2, lora_alpha=4, target_modules=["q_proj", "v_proj"]))
+    with torch.no_grad():
+        for n, p in peft.named_parameters():
+            if "lora_B" in n:
+                p.normal_(0, 0.05)
+    peft.save_pretrained(str(out / "adapter"))
+    atomic_write_json(out / "run.json", {"kind": "dpo", "base_model": str(base_dir)})
+    return out
+
+
+@pytest.fixture
+def parent_run(bang_model_dir, tmp_path) -> Path:
+    return make_parent_run(bang_model_dir, tmp_path / "parent")
+
+
+@pytest.fixture(scope="session")
+def parent_run_factory():
+    """:func:`make_parent_run` (test modules cannot import conftest under importlib mode)."""
+    return make_parent_run
+
+
+@pytest.fixture(scope="session")
+def bang_model_dir(tmp_path_factory, tiny_model_dir) -> Path:
+    return make_bang(tiny_model_dir, tmp_path_factory.mktemp("bang-llama"))
+
+
+@pytest.fixture(scope="session")
+def vllm_bang_model_dir(tmp_path_factory, eval_tiny_dir) -> Path:
+    """The same trick on the vLLM-sized tiny Llama (head size 64, which vLLM's CPU attention needs);
+    its larger weights need a larger lift for "!" to come out about half of the time."""
+    return make_bang(eval_tiny_dir, tmp_path_factory.mktemp("vllm-bang-llama"), lift=5.0)
 
 
 def rl_records(n: int, offset: int = 0) -> list[dict]:

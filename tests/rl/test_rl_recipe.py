@@ -64,22 +64,11 @@ def _logits(model_dir, adapter, ids):
         return m(ids).logits
 
 
-def test_rl_init_from_parent_gives_one_lora_on_the_base(rl_args, bang_model_dir, tmp_path):
+def test_rl_init_from_parent_gives_one_lora_on_the_base(rl_args, bang_model_dir, parent_run, tmp_path):
     """adapter/ = parent LoRA (+) RL LoRA, exactly: merging it into the base equals merging both."""
-    from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
-    from onbrand.artifacts import atomic_write_json
-
-    parent = tmp_path / "parent"
-    base = AutoModelForCausalLM.from_pretrained(bang_model_dir)
-    peft = get_peft_model(base, LoraConfig(r=2, lora_alpha=4, target_modules=["q_proj", "v_proj"]))
-    with torch.no_grad():
-        for n, p in peft.named_parameters():
-            if "lora_B" in n:
-                p.normal_(0, 0.05)
-    peft.save_pretrained(str(parent / "adapter"))
-    atomic_write_json(parent / "run.json", {"kind": "dpo", "base_model": str(bang_model_dir)})
+    parent = parent_run
     args = [*rl_args, f"init_from={parent}", "train.max_steps=2", "train.lr=1e-2", *TOY]
     assert rl.main(["--config", CONFIG, *args]) == 0
     out = tmp_path / "rl"

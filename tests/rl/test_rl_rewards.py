@@ -152,3 +152,40 @@ def test_rl_packed_logps_equal_separate_sequences(tiny_model):
             lp = torch.log_softmax(model(ids).logits[0], -1)
         want = lp[len(p) - 1 : len(p) + len(y) - 1].gather(1, torch.tensor(y)[:, None])[:, 0]
         torch.testing.assert_close(got[comp_of == k], want, atol=1e-5, rtol=1e-5)
+
+
+def test_rl_truncated_importance_weights_value_and_gradient():
+    """vLLM rollouts: each token's policy gradient is scaled by min(pi / pi_rollout, cap) (float64)."""
+    seq = torch.tensor([0, 0, 1, 1, 1])
+    logp = torch.tensor([-1.0, -2.0, -0.5, -3.0, -1.5], dtype=torch.float64, requires_grad=True)
+    behaviour = logp.detach() + torch.tensor([0.0, 1.0, -0.2, -2.0, 0.3], dtype=torch.float64)
+    adv = torch.tensor([1.0, -2.0], dtype=torch.float64)
+    cfg = RLAlgo(beta=0.0, loss_agg="token")
+    loss, m = policy_loss(logp, logp.detach(), seq, adv, 2, cfg, behaviour=behaviour, cap=2.0)
+    loss.backward()
+    w = torch.exp(logp.detach() - behaviour)  # exp(0, -1, 0.2, 2.0, -0.3): 7.39 is truncated to 2
+    assert w.max() > 2.0
+    want = -adv[seq] * w.clamp(max=2.0) / 5
+    assert loss.item() == pytest.approx(want.sum().item(), abs=1e-12)
+    torch.testing.assert_close(logp.grad, want, atol=1e-12, rtol=1e-10)
+    assert m["rollout/is_truncated"] == pytest.approx(1 / 5)
+    assert m["rollout/logp_gap"] == pytest.approx((0 + 1 + 0.2 + 2 + 0.3) / 5)
+    # no correction asked for (cap 0) or no behaviour log-probs: the on-policy loss
+    plain, m0 = policy_loss(logp, logp.detach(), seq, adv, 2, cfg, behaviour=behaviour, cap=0.0)
+    assert plain.item() == pytest.approx((-adv[seq]).sum().item() / 5) and "rollout/is_weight" not in m0
+
+
+def test_rl_behaviour_logps_follow_the_packed_order():
+    """The engine's per-completion lists land on the right packed tokens, whatever the packing order."""
+    from onbrand.training.rl import behaviour_logps
+    from onbrand.training.rl_rollouts import Completion
+
+    outs = [Completion([1, 2], "a", "stop", [-0.1, -0.2]), Completion([3], "b", "length", [-0.3]),
+            Completion([4, 5, 6], "c", "stop", [-0.4, -0.5, -0.6])]  # fmt: skip
+    seq = torch.tensor([2, 0, 2, 1, 0, 2])  # interleaved, each completion's tokens in order
+    got = behaviour_logps(outs, seq)
+    assert got.tolist() == pytest.approx([-0.4, -0.1, -0.5, -0.3, -0.2, -0.6])
+    with pytest.raises(RuntimeError, match="lengths"):
+        behaviour_logps(outs, torch.tensor([0, 0, 1, 2, 2]))
+    outs[1].behaviour_logps = None  # the live engine gives none: no correction
+    assert behaviour_logps(outs, seq) is None
