@@ -100,6 +100,20 @@ STAGE_TABLE: tuple[StageSpec, ...] = (
         None,  # a service, not part of `onbrand run`
         "onbrand.annotate.cli",
     ),
+    StageSpec(
+        "guard",
+        "brand guard in front of the served model: check, log/flag/regenerate/block, conversation log",
+        "onbrand.serve.policy:GuardConfig",
+        None,  # a service, not part of `onbrand run`
+        "onbrand.serve.guard_cli",
+    ),
+    StageSpec(
+        "monitor",
+        "drift of the served model against its release eval; flagged answers back to annotators",
+        "onbrand.serve.monitor:MonitorConfig",
+        None,  # run on a schedule over the conversation logs, not part of `onbrand run`
+        "onbrand.serve.monitor_cli",
+    ),
 )
 
 STAGES_BY_NAME: dict[str, StageSpec] = {s.name: s for s in STAGE_TABLE}
