@@ -16,6 +16,11 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "bench" / "results"
+# The sections are measured on different days and machines of the same kind (shared, 2 cores).
+MEASURED_ON = (
+    "Each section names its date and load; sections before 2026-12-02 were measured on a 2-core AMD EPYC "
+    "(the eval-stage section: Intel Xeon, 2 cores), later ones on a 2-core Intel Xeon"
+)
 ORDER = ("kernels", "train", "generate", "eval", "judge", "judge_demo", "import", "annotate_load")
 
 
@@ -32,7 +37,8 @@ def machine() -> str:
         pass
     mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
     return (
-        f"- CPU: {cpu}, {os.cpu_count()} cores, {mem:.0f} GiB RAM, no GPU unless stated\n"
+        f"- This page assembled on: {cpu}, {os.cpu_count()} cores, {mem:.0f} GiB RAM, no GPU unless stated\n"
+        f"- {MEASURED_ON}\n"
         f"- Python {platform.python_version()}, torch {torch.__version__}, {platform.platform()}\n"
         f"- Environment: OMP_WAIT_POLICY=PASSIVE; medians of repeats; ratios are side by side in one run"
     )
