@@ -25,6 +25,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from onbrand.serve.convlog import ReadReport, iter_parquet, without_compacted
+
 SCHEMA = "onbrand.conversation/1"
 SUFFIXES = (".jsonl", ".parquet")
 PARQUET_BATCH = 2048
@@ -86,7 +88,7 @@ def log_files(paths: Iterable[str | Path]) -> list[Path]:
     out: list[Path] = []
     for p in map(Path, paths):
         if p.is_dir():
-            found = sorted(f for f in p.rglob("*") if f.is_file() and f.suffix in SUFFIXES)
+            found = without_compacted(sorted(f for f in p.rglob("*") if f.is_file() and f.suffix in SUFFIXES))
             if not found:
                 raise FileNotFoundError(f"{p}: no .jsonl or .parquet conversation logs in this directory")
             out += found
@@ -192,17 +194,7 @@ def _jsonl_rows(path: Path, problems: Problems) -> Iterator[tuple[int, Any]]:
 
 
 def _parquet_rows(path: Path) -> Iterator[tuple[int, Any]]:
-    import pyarrow.parquet as pq
-
-    n = 0
-    try:
-        pf = pq.ParquetFile(path)
-    except Exception as e:  # pyarrow raises several types for a file that is not Parquet
-        raise ValueError(f"{path}: not a readable Parquet file ({e})") from None
-    for batch in pf.iter_batches(batch_size=PARQUET_BATCH):
-        for row in batch.to_pylist():
-            n += 1
-            yield n, row
+    return enumerate(iter_parquet(path, ReadReport(), PARQUET_BATCH), start=1)
 
 
 def iter_conversations(

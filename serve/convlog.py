@@ -81,12 +81,21 @@ class ReadReport:
     torn: list[str] = field(default_factory=list)
 
 
+def without_compacted(paths: Iterable[Path]) -> list[Path]:
+    """``paths`` less each ``.jsonl`` whose ``.parquet`` twin (same directory and stem) is there too:
+    compaction writes the Parquet atomically before it deletes the JSONL, so a crash in between
+    leaves both, holding the same records. Every reader of a log directory applies this rule."""
+    paths = list(paths)
+    compacted = {p.with_suffix("") for p in paths if p.suffix == ".parquet"}
+    return [p for p in paths if not (p.suffix == ".jsonl" and p.with_suffix("") in compacted)]
+
+
 def segment_files(root: str | Path) -> list[Path]:
     """A log directory's segments in time order; a JSONL with a Parquet twin is skipped."""
     root = Path(root)
-    parquet = {p.stem: p for p in root.glob("seg-*.parquet")}
-    jsonl = {p.stem: p for p in root.glob("seg-*.jsonl") if p.stem not in parquet}
-    return [p for _, p in sorted({**parquet, **jsonl}.items())]
+    return sorted(
+        without_compacted([*root.glob("seg-*.parquet"), *root.glob("seg-*.jsonl")]), key=lambda p: p.stem
+    )
 
 
 def _iter_jsonl(path: Path, report: ReadReport) -> Iterator[dict[str, Any]]:
@@ -107,10 +116,10 @@ def _iter_jsonl(path: Path, report: ReadReport) -> Iterator[dict[str, Any]]:
             yield rec
 
 
-def _iter_parquet(path: Path, report: ReadReport, batch_size: int) -> Iterator[dict[str, Any]]:
+def iter_parquet(path: Path, report: ReadReport, batch_size: int) -> Iterator[dict[str, Any]]:
     try:
         pf = pq.ParquetFile(path)
-    except (pa.ArrowInvalid, OSError) as e:
+    except Exception as e:  # pyarrow raises several types for a file that is not Parquet
         raise ValueError(f"{path}: not a readable Parquet file: {e}") from None
     for batch in pf.iter_batches(batch_size=batch_size):
         rows = batch.to_pylist()
@@ -133,7 +142,7 @@ def iter_records(
         for path in segment_files(src) if src.is_dir() else [src]:
             report.files += 1
             if path.suffix == ".parquet":
-                yield from _iter_parquet(path, report, batch_size)
+                yield from iter_parquet(path, report, batch_size)
             else:
                 yield from _iter_jsonl(path, report)
 

@@ -158,6 +158,23 @@ def test_guard_records_in_parquet_and_jsonl_with_a_torn_line(tmp_path):
     assert run(logs, "--out", out, "--set", "strict=true") == 2  # strict: the torn line is an error
 
 
+def test_a_segment_left_both_as_jsonl_and_parquet_is_read_once(tmp_path):
+    """A crash between compaction's Parquet write and its JSONL delete leaves both copies of a
+    segment: the monitor reads the Parquet one only, as the guard's own reader does."""
+    from onbrand.serve.conversations import iter_conversations
+    from onbrand.serve.convlog import iter_records
+
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    rows = [guard_record(i, T0 + dt.timedelta(minutes=i), "pass", True, CLEAN) for i in range(5)]
+    pq.write_table(pa.Table.from_pylist(rows), logs / "seg-0001.parquet")
+    (logs / "seg-0001.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (logs / "seg-0002.jsonl").write_text(json.dumps(guard_record(9, T0, "pass", True, CLEAN)) + "\n")
+    got = [c.id for c in iter_conversations([logs])]
+    assert got == [r["id"] for r in rows] + ["id9"]
+    assert got == [r["id"] for r in iter_records(logs)]
+
+
 def test_export_dir_baseline_gives_token_lengths_and_length_drift(tmp_path, embedded_dir):
     """``--export DIR``: the eval report inside the export is the baseline, its tokenizer counts
     tokens like the eval; answers three times longer than at release drift."""
