@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import os
 import random
+import shutil
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -174,6 +175,24 @@ def save_adapter(model, out: Path, state_dict: dict[str, torch.Tensor] | None = 
         model.save_pretrained(str(tmp), selected_adapters=[TRAINED], state_dict=state_dict)
 
 
+def save_stage_and_adapter(
+    peft_model,
+    parent_adapter,
+    stage_dir: Path,
+    adapter_dir: Path,
+    state_dict: dict[str, torch.Tensor] | None = None,
+) -> None:
+    """``stage_dir``: the trained adapter alone (relative to the parent-merged weights);
+    ``adapter_dir``: ONE LoRA on the original base, parent (+) stage concatenated exactly, or a copy
+    of the stage when there is no parent."""
+    save_adapter(peft_model, stage_dir, state_dict)
+    if parent_adapter is not None:
+        concat_lora_adapters(parent_adapter, stage_dir, adapter_dir)
+    else:
+        with atomic_dir(adapter_dir) as tmp:
+            shutil.copytree(stage_dir, tmp, dirs_exist_ok=True)
+
+
 def parent_of(init_from: str | None) -> tuple[dict[str, Any] | None, Path | None]:
     """The parent run's run.json and its FINAL adapter dir (relative to the original base)."""
     if not init_from:
@@ -263,16 +282,9 @@ def train_pairs(run: RunSetup, cfg, model, wrapped, step_fn) -> LoopResult | Non
 
 def finish_run(out: Path, kind: str, peft_model, parent_adapter, metrics: dict[str, Any], result, extra=None):
     """Save stage_adapter/ and adapter/ (concatenated with the parent's), eval.json, run.json."""
-    import shutil
-
     gathered = getattr(result, "trainable", None)  # FSDP: PackedModel names -> the PEFT model's
     gathered = {k.removeprefix("model."): v for k, v in gathered.items()} if gathered is not None else None
-    save_adapter(peft_model, out / "stage_adapter", gathered)
-    if parent_adapter is not None:
-        concat_lora_adapters(parent_adapter, out / "stage_adapter", out / "adapter")
-    else:
-        with atomic_dir(out / "adapter") as tmp:
-            shutil.copytree(out / "stage_adapter", tmp, dirs_exist_ok=True)
+    save_stage_and_adapter(peft_model, parent_adapter, out / "stage_adapter", out / "adapter", gathered)
     final = {"steps": result.steps, "train_seconds": round(result.seconds, 2), **(extra or {})}
     final.update(result.last_metrics)
     atomic_write_json(out / "eval.json", metrics)

@@ -40,8 +40,7 @@ from typing import Any, Literal
 
 import torch
 
-from onbrand.adapters import concat_lora_adapters
-from onbrand.artifacts import atomic_dir, read_json
+from onbrand.artifacts import read_json
 from onbrand.config import check_range, load_config, to_dict
 from onbrand.data.brand import load_brand
 from onbrand.data.snapshot import load_snapshot
@@ -57,7 +56,7 @@ from onbrand.training.common import (
     brand_prompt,
     parent_of,
     parse_args,
-    save_adapter,
+    save_stage_and_adapter,
     seed_everything,
 )
 from onbrand.training.goodhart import GoodhartConfig, GoodhartMonitor, GoodhartStop, diversity, write_report
@@ -408,14 +407,7 @@ def _replay_monitor(monitor: GoodhartMonitor, out: Path, step: int) -> None:
 def finish(out: Path, peft_model, parent_adapter, result, state, stopped, monitor) -> None:
     """Save stage_adapter/ and adapter/ (ONE LoRA on the original base, concatenated with the
     parent's exactly like DPO does with SFT) and the run's final record."""
-    import shutil
-
-    save_adapter(peft_model, out / "stage_adapter")
-    if parent_adapter is not None:
-        concat_lora_adapters(parent_adapter, out / "stage_adapter", out / "adapter")
-    else:
-        with atomic_dir(out / "adapter") as tmp:
-            shutil.copytree(out / "stage_adapter", tmp, dirs_exist_ok=True)
+    save_stage_and_adapter(peft_model, parent_adapter, out / "stage_adapter", out / "adapter")
     final: dict[str, Any] = {"steps": result.steps if result else state["step"] - 1,
                              "goodhart_warnings": len(monitor.warnings), "goodhart_stop": stopped}  # fmt: skip
     if result is not None:

@@ -27,13 +27,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from onbrand.adapters import concat_lora_adapters
 from onbrand.config import check_range
 from onbrand.engines.base import Request, Sampling, stop_token_ids
 from onbrand.engines.hf import HFEngine
 from onbrand.engines.options import EngineOptions
 from onbrand.engines.vllm import VLLMEngine
-from onbrand.training.common import save_adapter
+from onbrand.training.common import save_stage_and_adapter
 from onbrand.training.lora import TRAINED
 
 
@@ -141,12 +140,8 @@ class VLLMRollouts:
             return False
         name = f"policy-step{step}"
         stage, served = self.work_dir / f"{name}-stage", self.work_dir / name
-        save_adapter(peft_model, stage)
-        if self.parent is not None:
-            concat_lora_adapters(self.parent, stage, served)
-            shutil.rmtree(stage)
-        else:
-            stage.rename(served)
+        save_stage_and_adapter(peft_model, self.parent, stage, served)  # the run's adapter/ form
+        shutil.rmtree(stage)
         if self.engine is None:
             self.engine = VLLMEngine(
                 self.base_model, {name: served}, seed=self.seed, options=self.cfg.engine_options,
