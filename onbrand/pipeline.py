@@ -24,6 +24,7 @@ from onbrand.artifacts import atomic_write_json, read_json, sha256_file, sha256_
 from onbrand.config import ConfigError, load_config, resolve_kind, to_dict
 from onbrand.console import RunOutput, user_error_message
 from onbrand.pipeline_stages import STAGES, StageContext, summary_lines
+from onbrand.profiling import StageProfile
 
 KNOWN_STAGES = tuple(STAGES)
 
@@ -116,8 +117,9 @@ def _skippable(cfg: RunConfig, stage: str, input_hash: str, ctx: StageContext) -
     return STAGES[stage].fingerprint(cfg, ctx) == state.get("output_fingerprint")
 
 
-def run_stage(cfg: RunConfig, stage: str, ctx: StageContext, force: bool) -> tuple[str, float]:
-    """Run (or skip) one stage; return ("ran"|"skipped", seconds)."""
+def run_stage(cfg: RunConfig, stage: str, ctx: StageContext, force: bool) -> tuple[str, dict[str, float]]:
+    """Run (or skip) one stage; return ("ran"|"skipped", profile): the profile is
+    :class:`onbrand.profiling.StageProfile` ``as_dict()`` (wall/CPU seconds, peak RSS), zeros if skipped."""
     spec = STAGES[stage]
     stage_cfg = _stage_config(cfg, stage, ctx)
     input_hash = _input_hash(cfg, stage, stage_cfg, ctx)
@@ -125,10 +127,10 @@ def run_stage(cfg: RunConfig, stage: str, ctx: StageContext, force: bool) -> tup
         state = read_json(_state_path(cfg, stage))
         ctx.fingerprints[stage] = state["output_fingerprint"]
         ctx.results[stage] = state.get("result", {})
-        return "skipped", 0.0
-    t0 = time.perf_counter()
-    ctx.results[stage] = spec.run(cfg, stage_cfg, ctx)
-    seconds = time.perf_counter() - t0
+        return "skipped", {"wall_seconds": 0.0, "cpu_seconds": 0.0, "peak_rss_mb": 0.0}
+    with StageProfile() as prof:
+        ctx.results[stage] = spec.run(cfg, stage_cfg, ctx)
+    profile = prof.as_dict()
     fingerprint = spec.fingerprint(cfg, ctx)
     ctx.fingerprints[stage] = fingerprint
     atomic_write_json(
@@ -137,11 +139,13 @@ def run_stage(cfg: RunConfig, stage: str, ctx: StageContext, force: bool) -> tup
             "stage": stage,
             "input_hash": input_hash,
             "output_fingerprint": fingerprint,
-            "seconds": round(seconds, 1),
+            "seconds": profile["wall_seconds"],
+            "cpu_seconds": profile["cpu_seconds"],
+            "peak_rss_mb": profile["peak_rss_mb"],
             "result": ctx.results[stage],
         },
     )
-    return "ran", seconds
+    return "ran", profile
 
 
 def _log_path(cfg: RunConfig, stage: str) -> Path:
@@ -160,7 +164,7 @@ def run_pipeline(
             out.line(
                 f"stage logs: {Path(cfg.out_dir) / 'stages'}/<stage>.log (onbrand run -v shows them here)"
             )
-        timings: dict[str, tuple[str, float]] = {}
+        timings: dict[str, tuple[str, dict[str, float]]] = {}
         n = len(cfg.stages)
         for i, stage in enumerate(cfg.stages, 1):
             code = _attempt_stage(cfg, stage, f"[{i}/{n}] {stage}", ctx, out, force, config_path, timings)
@@ -181,7 +185,7 @@ def _attempt_stage(cfg, stage, name, ctx, out: RunOutput, force, config_path, ti
     t0 = time.perf_counter()
     try:
         with out.stage(name, STAGES[stage].title, log) as log_file:
-            status, seconds = run_stage(cfg, stage, ctx, force=stage in force or "all" in force)
+            status, profile = run_stage(cfg, stage, ctx, force=stage in force or "all" in force)
             log_file.write(f"==== {stage}: {status}\n")
     except KeyboardInterrupt:
         out.stage_done(name, "interrupted")
@@ -194,8 +198,9 @@ def _attempt_stage(cfg, stage, name, ctx, out: RunOutput, force, config_path, ti
     except Exception as e:  # noqa: BLE001 - report any stage failure the same way
         out.stage_done(name, f"FAILED after {time.perf_counter() - t0:.0f} s")
         return _report_failure(e, stage, log, out, config_path)
-    timings[stage] = (status, seconds)
-    out.stage_done(name, "skipped (inputs unchanged)" if status == "skipped" else f"done in {seconds:.0f} s")
+    timings[stage] = (status, profile)
+    done = f"done in {profile['wall_seconds']:.0f} s (CPU {profile['cpu_seconds']:.0f} s, peak {profile['peak_rss_mb']:.0f} MiB)"
+    out.stage_done(name, "skipped (inputs unchanged)" if status == "skipped" else done)
     return 0
 
 
@@ -219,25 +224,47 @@ def _report_failure(e: Exception, stage: str, log: Path, out: RunOutput, config_
     return 1
 
 
+def profile_lines(timings: dict[str, tuple[str, dict[str, float]]], eval_timings: dict | None) -> list[str]:
+    """The stage profile table (wall, CPU, peak RSS per stage) and, for eval, where its time went."""
+    lines = [f"\n{'stage':<10} {'wall s':>8} {'CPU s':>8} {'peak RSS MiB':>13}"]
+    for k, (st, p) in timings.items():
+        if st == "skipped":
+            lines.append(f"{k:<10} {'skipped (inputs unchanged)':>31}")
+        else:
+            lines.append(
+                f"{k:<10} {p['wall_seconds']:>8.0f} {p['cpu_seconds']:>8.0f} {p['peak_rss_mb']:>13.0f}"
+            )
+    total = sum(p["wall_seconds"] for _, p in timings.values())
+    cpu = sum(p["cpu_seconds"] for _, p in timings.values())
+    lines.append(f"{'total':<10} {total:>8.0f} {cpu:>8.0f}")
+    if eval_timings and "generate_s" in eval_timings:
+        fams = sorted((eval_timings.get("metric_s") or {}).items(), key=lambda kv: -kv[1])
+        top = ", ".join(f"{k} {v:.0f}" for k, v in fams if v >= 1) or "all < 1 s"
+        lines.append(
+            f"eval: generation {eval_timings['generate_s']:.0f} s; metrics "
+            f"{sum(v for _, v in fams):.0f} s ({top}); total {eval_timings.get('total_s', 0):.0f} s"
+        )
+    return lines
+
+
 def _print_summary(
-    cfg: RunConfig, ctx: StageContext, timings: dict[str, tuple[str, float]], out: RunOutput
+    cfg: RunConfig, ctx: StageContext, timings: dict[str, tuple[str, dict[str, float]]], out: RunOutput
 ) -> None:
     out.line("\n" + "=" * 78)
     out.line(f"onbrand run {cfg.name}: summary")
     out.line("=" * 78)
     for line in summary_lines(cfg, ctx):
         out.line(line)
-    total = sum(s for _, s in timings.values())
-    out.line(
-        "\nstage times: "
-        + ", ".join(f"{k} {'skip' if st == 'skipped' else f'{s:.0f}s'}" for k, (st, s) in timings.items())
-        + f"  (total {total:.0f} s)"
-    )
+    eval_timings = (ctx.results.get("eval") or {}).get("timings") if "eval" in timings else None
+    for line in profile_lines(timings, eval_timings if timings.get("eval", ("",))[0] == "ran" else None):
+        out.line(line)
     atomic_write_json(
         Path(cfg.out_dir) / "summary.json",
         {
             "name": cfg.name,
-            "timings": {k: {"status": st, "seconds": round(s, 1)} for k, (st, s) in timings.items()},
+            "timings": {
+                k: {"status": st, "seconds": p["wall_seconds"], **p} for k, (st, p) in timings.items()
+            },
             "results": ctx.results,
         },
     )

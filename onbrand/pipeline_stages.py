@@ -246,6 +246,8 @@ def _run_eval(cfg, stage_cfg, ctx) -> dict[str, Any]:
         "summary": report.get("summary", {}),
         "verdict": report.get("verdict"),
         "gate": report.get("gate"),  # onbrand.eval.gate.check_gate on the run config's gate YAML
+        # generate_s, metric_s (per metric family: the scoring passes), logprob_s, total_s
+        "timings": (report.get("metrics") or {}).get("timings", {}),
     }
 
 

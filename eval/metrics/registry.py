@@ -176,12 +176,18 @@ class EvalContext:
 
 def compute_all(ctx: EvalContext) -> dict[str, Any]:
     """Every enabled family in order; a family whose input is missing records itself in ``skipped``."""
+    seconds: dict[str, float] = {}
     for metric in all_metrics():
         if metric.compute is None or not enabled(metric, ctx.cfg.metrics):
             continue
+        t0 = time.perf_counter()
         result = metric.compute(ctx)
+        # Per family (a family's first use also pays for shared models, e.g. the log-prob pass).
+        seconds[metric.key] = round(time.perf_counter() - t0, 1)
         if result is not None:
             ctx.metrics[metric.key] = result
+    timings = ctx.metrics.pop("timings", {})
+    ctx.metrics["timings"] = {**timings, "metric_s": seconds}
     ctx.channels  # noqa: B018 - the unknown-channel warning even when no metric read the channels
     return ctx.metrics
 
