@@ -6,12 +6,19 @@ SQLite (WAL mode, ``synchronous=FULL``) is the embedded default; any SQLAlchemy 
 
 Tables::
 
-    admins       token_hash                              (admin endpoints)
-    projects     name, brand card name/path/sha256, reason_tags, overlap, seed
-    annotators   project, name, token_hash               (tokens are stored as sha256 only)
-    tasks        project, prompt (messages), candidate_a, candidate_b, channel, source, content_hash
-    assignments  task, annotator, left ('a'|'b': which candidate is shown on the left), position
-    judgements   assignment (unique), submission_id (unique per annotator: idempotent retries), choice, ...
+    admins         name, token_hash, expires_at, revoked_at   (admin endpoints; one row per admin)
+    projects       name, brand card name/path/sha256, reason_tags, overlap, seed, gold_rate
+    annotators     project, name, role (annotator|reviewer), token_hash, expires_at, revoked_at
+                   (a project *membership*: tokens are per project and stored as sha256 only)
+    tasks          project, prompt (messages), candidate_a, candidate_b, channel, source,
+                   content_hash, gold (the known answer of a gold item, else NULL)
+    assignments    task, annotator, left ('a'|'b': which candidate is shown on the left), position
+    judgements     assignment (unique), submission_id (unique per annotator: idempotent retries), choice, ...
+    adjudications  task (unique), reviewer, choice, note: a reviewer's verdict, which wins in export
+    audit_log      at, actor, role, action, project, detail: append-only record of admin/reviewer acts
+
+The schema is versioned with Alembic (``annotate/migrations``); ``SCHEMA_HEAD`` is the revision
+these models describe.
 """
 
 from __future__ import annotations
@@ -37,7 +44,9 @@ from sqlalchemy import (
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, sessionmaker
 
+SCHEMA_HEAD = "0002"  # the Alembic revision these models describe (annotate/migrations/versions)
 CHOICES = ("a", "b", "tie", "both_bad")
+ROLES = ("annotator", "reviewer")  # per-project member roles; admins live in their own table
 SCREEN_CHOICES = ("left", "right", "tie", "both_bad")
 
 
@@ -63,7 +72,12 @@ class Base(DeclarativeBase):
 class Admin(Base):
     __tablename__ = "admins"
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(
+        String(200), default="admin", server_default="admin", unique=True, index=True
+    )
     token_hash: Mapped[str] = mapped_column(String(64), unique=True, index=True)
+    expires_at: Mapped[_dt.datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    revoked_at: Mapped[_dt.datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     created_at: Mapped[_dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 
@@ -78,6 +92,8 @@ class Project(Base):
     reason_tags: Mapped[list[Any]] = mapped_column(JSON, default=list)
     overlap: Mapped[float] = mapped_column(Float, default=0.1)
     seed: Mapped[int] = mapped_column(Integer, default=0)
+    # Fraction of each annotator's queue that is gold (known-answer) items, mixed in unannounced.
+    gold_rate: Mapped[float] = mapped_column(Float, default=0.0, server_default="0")
     created_at: Mapped[_dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 
@@ -87,8 +103,11 @@ class Annotator(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     project_id: Mapped[int] = mapped_column(ForeignKey("projects.id"), index=True)
     name: Mapped[str] = mapped_column(String(200))
+    role: Mapped[str] = mapped_column(String(16), default="annotator", server_default="annotator")
     token_hash: Mapped[str] = mapped_column(String(64), unique=True, index=True)
-    active: Mapped[bool] = mapped_column(Boolean, default=True)
+    active: Mapped[bool] = mapped_column(Boolean, default=True)  # False once revoked
+    expires_at: Mapped[_dt.datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    revoked_at: Mapped[_dt.datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     created_at: Mapped[_dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 
@@ -103,6 +122,7 @@ class Task(Base):
     channel: Mapped[str | None] = mapped_column(String(200), nullable=True)
     source: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)  # file/line or model/sampling
     content_hash: Mapped[str] = mapped_column(String(64))
+    gold: Mapped[str | None] = mapped_column(String(16), nullable=True)  # known answer: a|b|tie|both_bad
     created_at: Mapped[_dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 
@@ -136,6 +156,33 @@ class Judgement(Base):
     created_at: Mapped[_dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 
+class Adjudication(Base):
+    """A reviewer's verdict on a task (typically one annotators disagreed on); wins in export."""
+
+    __tablename__ = "adjudications"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    task_id: Mapped[int] = mapped_column(ForeignKey("tasks.id"), unique=True)
+    # The reviewing member; NULL when an admin (who is no project member) gave the verdict.
+    reviewer_id: Mapped[int | None] = mapped_column(ForeignKey("annotators.id"), nullable=True, index=True)
+    reviewer: Mapped[str] = mapped_column(String(200))  # name of the reviewer or admin, for the record
+    choice: Mapped[str] = mapped_column(String(16))  # a | b | tie | both_bad
+    note: Mapped[str | None] = mapped_column(Text, nullable=True)
+    created_at: Mapped[_dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class AuditEntry(Base):
+    """Append-only: one row per admin or reviewer action (the service never updates or deletes)."""
+
+    __tablename__ = "audit_log"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    at: Mapped[_dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow, index=True)
+    actor: Mapped[str] = mapped_column(String(200))  # admin or member name; "cli" for local commands
+    role: Mapped[str] = mapped_column(String(16))  # admin | reviewer | cli
+    action: Mapped[str] = mapped_column(String(64))  # e.g. project.create, member.revoke
+    project_id: Mapped[int | None] = mapped_column(ForeignKey("projects.id"), nullable=True, index=True)
+    detail: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)  # never holds a token
+
+
 def _sqlite_pragmas(dbapi_conn, _record) -> None:
     cur = dbapi_conn.cursor()
     # WAL: readers never block the writer; FULL: a commit is on disk before we answer 200.
@@ -161,8 +208,30 @@ def make_engine(url: str) -> Engine:
     return engine
 
 
-def open_db(url: str) -> sessionmaker:
-    """Create tables if missing and return a session factory."""
+def open_db(url: str, migrate: bool = False) -> sessionmaker:
+    """A session factory over ``url``, whose schema is at :data:`SCHEMA_HEAD`.
+
+    An empty database is created at head (through the Alembic migrations, never ``create_all``, so
+    it carries its revision); one at an older revision is refused with a one-line ``ValueError``
+    that says how to migrate, unless ``migrate`` is set. Safe to call from many processes at once.
+    """
+    from onbrand.annotate.migrations import ensure_schema
+
     engine = make_engine(url)
-    Base.metadata.create_all(engine)
+    try:
+        ensure_schema(engine, migrate=migrate)
+    except BaseException:
+        engine.dispose()
+        raise
     return sessionmaker(bind=engine, expire_on_commit=False)
+
+
+def migrate(url: str) -> tuple[str | None, str]:
+    """Upgrade ``url``'s schema to head; ``(from, to)`` revisions (equal when there was nothing to do)."""
+    from onbrand.annotate.migrations import ensure_schema
+
+    engine = make_engine(url)
+    try:
+        return ensure_schema(engine, migrate=True)
+    finally:
+        engine.dispose()

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 from html import escape
 from typing import Any
+from urllib.parse import quote
 
 CSS = """
 :root { --fg:#1d2330; --muted:#5d6677; --line:#d9dee7; --bg:#f6f7f9; --card:#fff; --accent:#2f5bd3; }
@@ -81,23 +82,29 @@ def page(title: str, body: str, header: str = "") -> str:
     )
 
 
-def login_page(error: str = "") -> str:
+def csrf_field(token: str) -> str:
+    """The hidden CSRF field every form carries (see ``csrf.py``)."""
+    return f'<input type=hidden name=csrf_token value="{esc(token)}">'
+
+
+def login_page(csrf: str, error: str = "") -> str:
     err = f'<p class="error">{esc(error)}</p>' if error else ""
     body = (
         '<div class="card login"><h1 class=top>onbrand annotation</h1>'
         "<p class=muted>Paste the access token your admin gave you.</p>"
-        f'{err}<form method=post action="/login"><p><input type=password name=token id=token '
+        f'{err}<form method=post action="/login">{csrf_field(csrf)}<p><input type=password name=token id=token '
         'autocomplete=off autofocus required maxlength=200 placeholder="token"></p>'
         "<button class=primary type=submit id=login>Sign in</button></form></div>"
     )
     return page("Sign in", body)
 
 
-def _header(brand: str, who: str, progress: str) -> str:
+def _header(brand: str, who: str, progress: str, csrf: str, links: str = "") -> str:
+    """``links``: trusted HTML of extra navigation (fixed strings only, never user text)."""
     return (
         f"<header><span class=brand>{esc(brand)}</span><span class=progress id=progress>{esc(progress)}</span>"
-        f'<span class=muted>{esc(who)} · <form method=post action="/logout" class=inline>'
-        "<button type=submit class=small>Sign out</button></form></span></header>"
+        f'<span class=muted>{links}{esc(who)} · <form method=post action="/logout" class=inline>'
+        f"{csrf_field(csrf)}<button type=submit class=small>Sign out</button></form></span></header>"
     )
 
 
@@ -109,9 +116,10 @@ def _messages(prompt: list[dict[str, str]]) -> str:
 
 
 def annotate_page(ctx: dict[str, Any]) -> str:
-    """``ctx``: brand, annotator, done, total, and item (None when the queue is empty)."""
+    """``ctx``: brand, annotator, role, done, total, csrf, and item (None when the queue is empty)."""
     progress = f"{ctx['done']} / {ctx['total']} judged"
-    header = _header(ctx["brand"], ctx["annotator"], progress)
+    links = '<a href="/review" id=nav-review>Review</a> · ' if ctx.get("role") == "reviewer" else ""
+    header = _header(ctx["brand"], ctx["annotator"], progress, ctx["csrf"], links)
     item = ctx.get("item")
     if item is None:
         body = (
@@ -136,7 +144,7 @@ def annotate_page(ctx: dict[str, Any]) -> str:
     channel = f" <span class=muted>· channel: {esc(item['channel'])}</span>" if item.get("channel") else ""
     body = (
         f"<div class=card><div class=muted>Item {esc(item['assignment_id'])}{channel}</div>{_messages(item['prompt'])}</div>"
-        '<form method=post action="/annotate/submit" id=judge>'
+        f'<form method=post action="/annotate/submit" id=judge>{csrf_field(ctx["csrf"])}'
         f'<input type=hidden name=assignment_id value="{esc(item["assignment_id"])}">'
         f'<input type=hidden name=submission_id value="{esc(item["submission_id"])}">'
         "<div class=pair>"
@@ -162,7 +170,7 @@ def error_page(status: int, message: str) -> str:
     return page(f"Error {status}", body)
 
 
-def admin_page(stats: list[dict[str, Any]]) -> str:
+def admin_page(stats: list[dict[str, Any]], csrf: str) -> str:
     """Progress, throughput and agreement of every project."""
     parts = []
     for st in stats:
@@ -187,4 +195,53 @@ def admin_page(stats: list[dict[str, Any]]) -> str:
             f"<table><tr><th>Pair</th><th>Shared items</th><th>Cohen kappa</th></tr>{kappas}</table></div>"
         )
     body = "".join(parts) or "<p class=muted>No projects yet.</p>"
-    return page("Admin", body, _header("onbrand admin", "admin", f"{len(stats)} project(s)"))
+    links = '<a href="/review" id=nav-review>Review</a> · '
+    return page("Admin", body, _header("onbrand admin", "admin", f"{len(stats)} project(s)", csrf, links))
+
+
+VERDICTS = (("a", "A is better"), ("b", "B is better"), ("tie", "Tie"), ("both_bad", "Both bad"))
+
+
+def _review_item(item: dict[str, Any], ctx: dict[str, Any]) -> str:
+    votes = ", ".join(f"{esc(v['annotator'])}: {esc(v['choice'])}" for v in item["votes"])
+    verdict = item.get("adjudication")
+    status = f"verdict <b>{esc(verdict)}</b>" if verdict else "no verdict yet"
+    buttons = "".join(
+        f'<button type=submit name=choice value="{v}" id="verdict-{item["task_id"]}-{v}"'
+        f"{' class=primary' if v == verdict else ''}>{label}</button>"
+        for v, label in VERDICTS
+    )
+    channel = f" · channel: {esc(item['channel'])}" if item.get("channel") else ""
+    return (
+        f'<div class=card id="task-{esc(item["task_id"])}"><div class=muted>Task {esc(item["task_id"])}{channel}'
+        f" · votes: {votes} · {status}</div>{_messages(item['prompt'])}"
+        "<div class=pair>"
+        f'<div class=card><h2>A</h2><div class="text cand-a">{esc(item["candidate_a"])}</div></div>'
+        f'<div class=card><h2>B</h2><div class="text cand-b">{esc(item["candidate_b"])}</div></div></div>'
+        f'<form method=post action="/review/adjudicate">{csrf_field(ctx["csrf"])}'
+        f'<input type=hidden name=task_id value="{esc(item["task_id"])}">'
+        f'<input type=hidden name=project value="{esc(ctx["project"] if ctx["admin"] else "")}">'
+        '<p><textarea name=note maxlength=2000 placeholder="Note (optional): why this verdict"></textarea></p>'
+        f"<div class=actions>{buttons}</div></form></div>"
+    )
+
+
+def review_page(ctx: dict[str, Any]) -> str:
+    """``ctx``: who, project, brand, admin (bool), csrf, items (``review.disagreements``)."""
+    items = ctx["items"]
+    open_n = sum(1 for it in items if not it.get("adjudication"))
+    header = _header(ctx["brand"], ctx["who"], f"{open_n} of {len(items)} open", ctx["csrf"])
+    intro = (
+        f"<h1 class=top>Disagreements in {esc(ctx['project'])}</h1>"
+        "<p class=muted>Items annotators judged differently. A and B are shown in their stored order; "
+        "your verdict wins over the votes in the export.</p>"
+    )
+    body = intro + ("".join(_review_item(it, ctx) for it in items) or "<p id=empty>No disagreements.</p>")
+    return page("Review", body, header)
+
+
+def review_choose_page(projects: list[str], csrf: str) -> str:
+    """An admin picks the project to review."""
+    links = "".join(f'<li><a href="/review?project={quote(p, safe="")}">{esc(p)}</a></li>' for p in projects)
+    body = f"<div class=card><h2 class=top>Review which project?</h2><ul>{links}</ul></div>"
+    return page("Review", body, _header("onbrand review", "admin", f"{len(projects)} project(s)", csrf))

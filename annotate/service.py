@@ -19,14 +19,12 @@ from sqlalchemy.orm import Session
 
 from onbrand.annotate.db import (
     SCREEN_CHOICES,
-    Admin,
     Annotator,
     Assignment,
     Judgement,
     Project,
     Task,
-    hash_token,
-    new_token,
+    hash_token,  # noqa: F401  (re-exported: callers use service.hash_token)
 )
 from onbrand.artifacts import sha256_file, sha256_json
 from onbrand.config import check_range
@@ -57,22 +55,27 @@ def brand_facts(path: str | Path) -> dict[str, Any]:
 
 # ----------------------------------------------------------------------------- admin + projects
 def set_admin_token(s: Session, token: str | None = None) -> str:
-    """Replace the admin token (only one is valid at a time); returns the clear token once."""
-    token = token or new_token()
-    if len(token) < 16:
-        raise ValueError("admin token must be at least 16 characters")
-    s.query(Admin).delete()
-    s.add(Admin(token_hash=hash_token(token)))
-    s.commit()
-    return token
+    """Set (or rotate) the token of the admin named "admin"; returns the clear token once.
+
+    The old token of that admin stops working; other named admins (``access.add_admin``) keep
+    theirs. Audited as a CLI action."""
+    from onbrand.annotate import access
+
+    return access.add_admin(s, "admin", token)
 
 
 def has_admin(s: Session) -> bool:
-    return s.scalar(select(func.count(Admin.id))) > 0
+    """Whether some admin token works (not revoked, not expired)."""
+    from onbrand.annotate import access
+
+    return access.has_usable_admin(s)
 
 
 def is_admin(s: Session, token: str | None) -> bool:
-    return bool(token) and s.scalar(select(Admin).where(Admin.token_hash == hash_token(token))) is not None
+    from onbrand.annotate import access
+
+    p = access.authenticate(s, token)
+    return p is not None and p.role == "admin"
 
 
 def create_project(
@@ -104,36 +107,33 @@ def create_project(
 
 
 def get_project(s: Session, name_or_id: str | int) -> Project:
-    if isinstance(name_or_id, int) or str(name_or_id).isdigit():
-        project = s.get(Project, int(name_or_id))
+    # Only ASCII digits of a positive int64 are an id: anything longer would make the database
+    # raise OverflowError, so it is looked up as a name instead (no match: the usual 404).
+    key = str(name_or_id)
+    if key.isascii() and key.isdigit() and len(key) <= 19 and 0 < int(key) < 2**63:
+        project = s.get(Project, int(key))
     else:
-        project = s.scalar(select(Project).where(Project.name == name_or_id))
+        project = s.scalar(select(Project).where(Project.name == key))
     if project is None:
         names = ", ".join(s.scalars(select(Project.name))) or "none yet"
         raise LookupError(f"no project {name_or_id!r}; projects: {names}")
     return project
 
 
-def add_annotator(s: Session, project: Project, name: str) -> tuple[Annotator, str]:
-    """Register an annotator; returns the clear token (shown once, stored hashed)."""
-    if not name or len(name) > 200:
-        raise ValueError(f"annotator name must be 1-200 characters, got {name!r}")
-    token = new_token()
-    ann = Annotator(project_id=project.id, name=name, token_hash=hash_token(token))
-    s.add(ann)
-    try:
-        s.commit()
-    except IntegrityError:
-        s.rollback()
-        raise ValueError(f"annotator {name!r} already exists in project {project.name!r}") from None
-    return ann, token
+def add_annotator(s: Session, project: Project, name: str, **kw: Any) -> tuple[Annotator, str]:
+    """Register a project member (``role``, ``expires_at``, ``actor``: see ``access.add_member``);
+    returns the clear token (shown once, stored hashed). Audited."""
+    from onbrand.annotate import access
+
+    return access.add_member(s, project, name, **kw)
 
 
 def annotator_for_token(s: Session, token: str | None) -> Annotator | None:
-    if not token:
-        return None
-    ann = s.scalar(select(Annotator).where(Annotator.token_hash == hash_token(token)))
-    return ann if ann is not None and ann.active else None
+    """The member (annotator or reviewer) a token belongs to; None if unknown, revoked or expired."""
+    from onbrand.annotate import access
+
+    p = access.authenticate(s, token)
+    return s.get(Annotator, p.member_id) if p is not None and p.member_id is not None else None
 
 
 # ----------------------------------------------------------------------------- tasks + assignment
@@ -143,19 +143,23 @@ def task_hash(prompt: list[dict[str, str]], a: str, b: str) -> str:
 
 
 def add_tasks(s: Session, project: Project, items: list[dict[str, Any]]) -> dict[str, int]:
-    """Load pairs ``{"prompt": messages, "a", "b", "channel"?, "source"?}``.
+    """Load pairs ``{"prompt": messages, "a", "b", "channel"?, "source"?, "gold"?}``.
 
     A pair already in the project is not loaded twice; the count of such duplicates is returned
-    (``{"added": n, "duplicates": m}``) so the caller can report it, never dropped silently.
+    (``{"added": n, "duplicates": m}``) so the caller can report it, never dropped silently. A
+    duplicate of a gold item is also counted as ``"duplicates_of_gold"`` (it is never a training
+    pair). ``gold`` (the known answer) is set by ``gold.add_gold``, which refuses duplicates.
     """
-    existing = set(s.scalars(select(Task.content_hash).where(Task.project_id == project.id)))
-    added = dupes = 0
+    rows = s.execute(select(Task.content_hash, Task.gold).where(Task.project_id == project.id))
+    existing = {h: gold for h, gold in rows}
+    added = dupes = of_gold = 0
     for item in items:
         h = task_hash(item["prompt"], item["a"], item["b"])
         if h in existing:
             dupes += 1
+            of_gold += existing[h] is not None
             continue
-        existing.add(h)
+        existing[h] = item.get("gold")
         s.add(
             Task(
                 project_id=project.id,
@@ -165,11 +169,15 @@ def add_tasks(s: Session, project: Project, items: list[dict[str, Any]]) -> dict
                 channel=item.get("channel"),
                 source=item.get("source") or {},
                 content_hash=h,
+                gold=item.get("gold"),
             )
         )
         added += 1
     s.commit()
-    return {"added": added, "duplicates": dupes}
+    out = {"added": added, "duplicates": dupes}
+    if of_gold:
+        out["duplicates_of_gold"] = of_gold
+    return out
 
 
 def assign(
@@ -180,13 +188,23 @@ def assign(
 
     The overlapping items are what agreement is computed on. The left/right order of each
     assignment is drawn here (seeded) and recorded, so position bias can be measured later.
+    Gold tasks are never assigned as regular ones: at the project's ``gold_rate`` each annotator
+    gets gold items mixed in at random queue positions (``gold.mix_gold``); the result then has
+    ``"gold": {"rate", "pool", "assigned", "shortfall": {annotator: missing}}``. Reviewers get no
+    queue.
     """
+    from onbrand.annotate.gold import mix_gold
+
     overlap = project.overlap if overlap is None else overlap
     check_range("overlap", overlap, 0.0, 1.0)
     check_range("per_item", per_item, 2, 1000)
     rng = random.Random(project.seed if seed is None else seed)
     annotators = list(
-        s.scalars(select(Annotator).where(Annotator.project_id == project.id, Annotator.active))
+        s.scalars(
+            select(Annotator).where(
+                Annotator.project_id == project.id, Annotator.active, Annotator.role != "reviewer"
+            )
+        )
     )
     if not annotators:
         raise ValueError(f"project {project.name!r} has no annotators: add some first")
@@ -196,29 +214,36 @@ def assign(
             f"project has {len(annotators)}"
         )
     assigned = set(s.scalars(select(Assignment.task_id).join(Task).where(Task.project_id == project.id)))
-    todo = [t for t in s.scalars(select(Task.id).where(Task.project_id == project.id)) if t not in assigned]
+    regular = select(Task.id).where(Task.project_id == project.id, Task.gold.is_(None))
+    todo = [t for t in s.scalars(regular) if t not in assigned]
     n_double = round(overlap * len(todo))
     double = set(rng.sample(todo, n_double)) if n_double else set()
     load = {
         a.id: s.scalar(select(func.count(Assignment.id)).where(Assignment.annotator_id == a.id))
         for a in annotators
     }
+    start = dict(load)
+    new: dict[int, list[Assignment]] = {a.id: [] for a in annotators}
     order = list(todo)
     rng.shuffle(order)
     for task_id in order:
         k = per_item if task_id in double else 1
         ranked = sorted(annotators, key=lambda a: (load[a.id], rng.random()))
         for ann in ranked[:k]:
-            s.add(
-                Assignment(task_id=task_id, annotator_id=ann.id, left=rng.choice("ab"), position=load[ann.id])
-            )
+            asg = Assignment(task_id=task_id, annotator_id=ann.id, left=rng.choice("ab"), position=0)
+            s.add(asg)
+            new[ann.id].append(asg)
             load[ann.id] += 1
+    gold = mix_gold(s, project, annotators, new, start, rng)  # also sets every new position
     s.commit()
-    return {
+    out: dict[str, Any] = {
         "tasks": len(todo),
         "overlapping": len(double),
         "assignments": len(todo) + (per_item - 1) * len(double),
     }
+    if gold["rate"] > 0 or gold["pool"]:
+        out["gold"] = gold
+    return out
 
 
 # ----------------------------------------------------------------------------- annotator side

@@ -1,9 +1,11 @@
 """``onbrand data import|validate|snapshot|report``.
 
-- ``import FILE... [--format auto|trl|standard|hh-rlhf|ultrafeedback|csv|canonical] --out DIR``:
-  stream files into ``DIR/records.jsonl`` (canonical, deduplicated), ``DIR/quarantine.jsonl`` (every
-  bad row with file, line, field, reason) and ``DIR/import_summary.json``; prints the counts. Exit 1
-  when nothing valid remains, or with ``--strict`` when any row was quarantined.
+- ``import FILE... [--format auto|label-studio|argilla|trl|standard|hh-rlhf|ultrafeedback|csv|canonical]
+  --out DIR``: stream files into ``DIR/records.jsonl`` (canonical, deduplicated), ``DIR/quarantine.jsonl``
+  (every bad row with file, line, field, reason) and ``DIR/import_summary.json``; prints the counts.
+  Exit 1 when nothing valid remains, or with ``--strict`` when any row was quarantined. Label Studio
+  and Argilla exports: ``--ls-prompt-field/--ls-left-field/--ls-right-field``,
+  ``--argilla-prompt-field/--argilla-response-fields A,B/--argilla-question`` map their field names.
 - ``validate FILE...``: the same checks, writes nothing (prints every problem).
 - ``snapshot [--config C] [key=value ...]``: import + dedup + tokenizer checks + leak checks +
   near-duplicate-aware train/dev/test/judge split -> snapshot (docs/data.md, "Splits and leakage").
@@ -52,6 +54,20 @@ def _brand_id(args, cfg) -> str | None:
     return load_brand(resolve_input(path)).id if path else None
 
 
+def _format_options(args) -> dict[str, object]:
+    """The tool formats' field mapping from ``--ls-*`` / ``--argilla-*`` (only what was given)."""
+    from onbrand.data.formats import MULTI_FORMATS
+
+    opts: dict[str, object] = {k: getattr(args, k, None) for names in MULTI_FORMATS.values() for k in names}
+    pair = opts.get("argilla_response_fields")
+    if pair:
+        names = tuple(x.strip() for x in str(pair).split(","))
+        if len(names) != 2 or not all(names) or names[0] == names[1]:
+            raise ValueError(f"--argilla-response-fields: expected two different names 'a,b', got {pair!r}")
+        opts["argilla_response_fields"] = names
+    return {k: v for k, v in opts.items() if v}
+
+
 def _run_import(args, write: bool) -> int:
     from tqdm import tqdm
 
@@ -75,6 +91,7 @@ def _run_import(args, write: bool) -> int:
             args.max_chars or cfg.max_chars,
             stats,
             _brand_id(args, cfg),
+            options=_format_options(args),
         )
         for item in tqdm(items, desc="import", unit="row", disable=None, mininterval=1.0):
             if isinstance(item, Quarantined):
@@ -169,6 +186,24 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", default=DEFAULT_CONFIG, help=f"data config YAML (default {DEFAULT_CONFIG})")
 
 
+def _tool_flags(q: argparse.ArgumentParser) -> None:
+    g = q.add_argument_group("Label Studio / Argilla field names (docs/data.md)")
+    g.add_argument("--ls-prompt-field", help="Label Studio data key of the prompt (default prompt)")
+    g.add_argument(
+        "--ls-left-field", help="data key of the Pairwise tag's left answer (default answer1|text1)"
+    )
+    g.add_argument("--ls-right-field", help="data key of the right answer (default answer2|text2)")
+    g.add_argument("--argilla-prompt-field", help="Argilla field of the prompt (default prompt)")
+    g.add_argument(
+        "--argilla-response-fields",
+        metavar="A,B",
+        help="the two response fields (default response1,response2)",
+    )
+    g.add_argument(
+        "--argilla-question", help="ranking/label question to read (default: the one naming A or B)"
+    )
+
+
 def register(sub) -> None:
     p = sub.add_parser("data", help="import, validate, snapshot and report preference data")
     dsub = p.add_subparsers(dest="data_cmd", required=True)
@@ -182,6 +217,7 @@ def register(sub) -> None:
         q.add_argument("--brand", help="brand card YAML; fills records without a brand")
         q.add_argument("--max-chars", type=int, help="per-row size cap (characters)")
         q.add_argument("--strict", action="store_true", help="exit 1 when any row is quarantined")
+        _tool_flags(q)
         if name == "import":
             q.add_argument("--out", default="runs/demo/imported", help="output dir")
         _common(q)

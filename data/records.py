@@ -7,9 +7,16 @@ One JSON object per line (see docs/architecture.md)::
      "chosen":   [{"role": "assistant", "content": "..."}],     # assistant first and last
      "rejected": [{"role": "assistant", "content": "..."}],
      "brand": "aurora", "channel": "complaint_reply", "annotators": ["a1"], "reason_tags": ["tone"],
-     "created_at": "2026-12-01T00:00:00+00:00", "source": {"file": "x.jsonl", "line": 3}}
+     "created_at": "2026-12-01T00:00:00+00:00", "origin": "synthetic",
+     "source": {"file": "x.jsonl", "line": 3}}
 
-Only ``prompt``, ``chosen`` and ``rejected`` are required. Every problem raises
+Only ``prompt``, ``chosen`` and ``rejected`` are required. ``origin`` says who decided which answer
+is chosen: absent (null or ``"human"`` are stored as absent) = people, ``"synthetic"`` = the automatic
+judges (``onbrand annotate queue --strategy uncertain``). It is a field of its own, not a flag in
+``source``: ``source`` is provenance ({file, line}), replaced on import and left out of the
+snapshot id, while who judged a pair changes what the data means (snapshots keep synthetic pairs
+out of dev/test/judge and count them apart; training can exclude or down-weight them). Human
+records keep the ids and snapshot ids they had before the field existed. Every problem raises
 :class:`RecordError` with a ``reason`` code (one of :data:`REASONS`) and the offending ``field``,
 so importers can quarantine the row with file, line, field and reason.
 """
@@ -25,8 +32,10 @@ from typing import Any
 
 SCHEMA_VERSION = 1
 ROLES = ("system", "user", "assistant")
-OPTIONAL_STR = ("brand", "channel", "created_at")
+# ``origin`` is listed here so every row format (canonical, TRL, standard, CSV) carries it through.
+OPTIONAL_STR = ("brand", "channel", "created_at", "origin")
 OPTIONAL_LIST = ("annotators", "reason_tags")
+ORIGINS = ("human", "synthetic")
 FIELDS = ("id", "prompt", "chosen", "rejected", *OPTIONAL_STR, *OPTIONAL_LIST, "source")
 DEFAULT_MAX_CHARS = 20_000  # per record (all message text); longer rows are "absurd size"
 
@@ -52,6 +61,7 @@ REASONS = {
     "too_long": "prompt leaves no room for the completion within max_length",
     "template_mismatch": "tokenized prompt is not a prefix of tokenized prompt+completion",
     "split_leak": "prompt or chosen text near-duplicates a record of another split (or an adversarial prompt)",
+    "synthetic_in_eval": "a synthetic (machine-judged) pair in a dev/test/judge input: evaluation is on human judgements",
 }
 
 
@@ -171,6 +181,15 @@ def _optional(rec: dict[str, Any], obj: dict[str, Any]) -> None:
             if not isinstance(v, list) or not all(isinstance(x, str) for x in v):
                 raise RecordError("wrong_type", key, "expected a list of strings")
             rec[key] = list(v)
+    origin = rec.get("origin")
+    if origin is not None and origin.strip() and origin not in ORIGINS:
+        raise RecordError("wrong_type", "origin", f"expected one of {', '.join(ORIGINS)}, got {origin!r}")
+    rec["origin"] = "synthetic" if origin == "synthetic" else None  # human: null (the default)
+
+
+def is_synthetic(record: dict[str, Any]) -> bool:
+    """True for a pair judged by the automatic judges, not by people (``origin: "synthetic"``)."""
+    return record.get("origin") == "synthetic"
 
 
 def canonicalize(
@@ -194,7 +213,8 @@ def canonicalize(
         dict(source) if source else obj.get("source") if isinstance(obj.get("source"), dict) else None
     )
     rec["id"] = record_id(rec)
-    return {k: rec.get(k) for k in FIELDS}
+    # A human record has no "origin" key at all: its JSON is byte for byte what it was before the field.
+    return {k: rec.get(k) for k in FIELDS if k != "origin" or rec.get(k)}
 
 
 def to_json_line(record: dict[str, Any]) -> str:

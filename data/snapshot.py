@@ -9,6 +9,14 @@ Layout (docs/architecture.md)::
 
 ``snapshot_id`` = sha256 of the content: the canonical records (provenance ``source`` excluded) of
 each split, sorted by id, plus the schema version. Same inputs -> same id; any changed pair -> new id.
+A record's ``origin`` is part of it when it is ``"synthetic"`` (so human-only snapshots keep the
+ids they had before the field existed, and relabelling a pair synthetic changes the id).
+
+Synthetic pairs (``origin: "synthetic"``, judged by the reward model and the brand rules, not by
+people) are training data only: in a fixed dev/test/judge file they are quarantined
+(``synthetic_in_eval``); the pool's human records are split exactly as without them, and each
+synthetic record then goes to train unless it near-duplicates (same relation as the clusters) a
+record of dev/test/judge (``split_leak``). The manifest counts human and synthetic records per split.
 
 Splits (docs/data.md, "Splits and leakage"): records of ``test_inputs`` / ``dev_inputs`` /
 ``judge_inputs`` all go to that split. A record with a near-twin (prompt or chosen text, word
@@ -45,7 +53,7 @@ from onbrand.data.leakage import (
     leakage,
     neighbours,
 )
-from onbrand.data.records import FIELDS, SCHEMA_VERSION, prompt_key
+from onbrand.data.records import FIELDS, SCHEMA_VERSION, is_synthetic, prompt_key
 from onbrand.data.similarity import UnionFind
 from onbrand.data.tokcheck import check_records
 from onbrand.data.validate import ImportStats, Quarantined, import_files, quarantine_line
@@ -62,11 +70,15 @@ def resolve_input(path: str) -> Path:
     return Path(path)
 
 
-def features():
-    """The Parquet/Arrow schema of a snapshot split (datasets Features)."""
+def features(origin: bool = False):
+    """The Parquet/Arrow schema of a snapshot split (datasets Features).
+
+    ``origin=True`` adds the ``origin`` column (``build_snapshot`` writes it); snapshots without
+    it (older ones, hand-made test ones) are read as all human."""
     from datasets import Features, List, Value
 
     msgs = List({"role": Value("string"), "content": Value("string")})
+    extra = {"origin": Value("string")} if origin else {}
     return Features(
         {
             "id": Value("string"),
@@ -78,6 +90,7 @@ def features():
             "created_at": Value("string"),
             "annotators": List(Value("string")),
             "reason_tags": List(Value("string")),
+            **extra,
             "source": {"file": Value("string"), "line": Value("int64")},
         }
     )
@@ -87,7 +100,8 @@ def content_id(splits: dict[str, list[dict[str, Any]]]) -> str:
     body = {"schema_version": SCHEMA_VERSION}
     for name, recs in splits.items():
         body[name] = [
-            {k: r.get(k) for k in FIELDS if k != "source"} for r in sorted(recs, key=lambda r: r["id"])
+            {k: r.get(k) for k in FIELDS if k != "source" and (k != "origin" or is_synthetic(r))}
+            for r in sorted(recs, key=lambda r: r["id"])
         ]
     return sha256_json(body)
 
@@ -163,6 +177,8 @@ def _merge_votes(kept: dict[str, Any], dup: dict[str, Any]) -> None:
     for key in ("annotators", "reason_tags"):
         if dup.get(key):
             kept[key] = sorted(set(kept.get(key) or []) | set(dup[key]))
+    if is_synthetic(kept) and not is_synthetic(dup):
+        kept["origin"] = None  # people judged it too: a human record
 
 
 def _relabel_sources(records: list[dict[str, Any]], inputs: list[str]) -> None:
@@ -191,6 +207,7 @@ def collect(cfg: DataConfig) -> dict[str, Any]:
     stats = ImportStats()
     problems: list[Quarantined] = []
     fixed, pool = _import(cfg, card.id if card else None, stats, problems)
+    fixed = _drop_synthetic_eval(fixed, problems)
     all_inputs = cfg.all_inputs
     names = {str(resolve_input(p)): p for p in all_inputs}
     for q in problems:
@@ -212,7 +229,13 @@ def collect(cfg: DataConfig) -> dict[str, Any]:
     fixed, pool, leak_problems = drop_fixed_leaks(fixed, pool, cfg.near_dup_threshold, sh)
     problems += leak_problems
     fractions = {s: getattr(cfg, f"{s}_fraction") for s in cfg.pool_splits}
-    parts = split_records(pool, fractions, cfg.seed, cfg.near_dup_threshold, sh)
+    # Human records are split as if no synthetic record existed; synthetic ones go to train only.
+    parts = split_records(
+        [r for r in pool if not is_synthetic(r)], fractions, cfg.seed, cfg.near_dup_threshold, sh
+    )
+    evals = {s: fixed.get(s, []) + parts.get(s, []) for s in FIXED_SPLITS}
+    synthetic = [r for r in pool if is_synthetic(r)]
+    parts["train"] += _place_synthetic(synthetic, evals, cfg.near_dup_threshold, sh, problems)
     if advs:  # the pool's records outside test
         for s in ("train", "dev", "judge"):
             if s in parts:
@@ -228,12 +251,73 @@ def collect(cfg: DataConfig) -> dict[str, Any]:
     }
 
 
+def _drop_synthetic_eval(fixed: dict[str, list[dict[str, Any]]], problems: list[Quarantined]):
+    """Quarantine (``synthetic_in_eval``) synthetic records of the fixed dev/test/judge files."""
+    out = {}
+    for split, recs in fixed.items():
+        out[split] = [r for r in recs if not is_synthetic(r)]
+        for r in recs:
+            if is_synthetic(r):
+                src = r.get("source") or {}
+                msg = f"synthetic pair in a {split} input: the {split} split holds human judgements only"
+                problems.append(
+                    Quarantined(
+                        src.get("file", ""), src.get("line", 0), "synthetic_in_eval", "origin", msg,
+                        record_id=r["id"],
+                    )
+                )  # fmt: skip
+    return out
+
+
+def _place_synthetic(
+    synthetic: list[dict[str, Any]],
+    evals: dict[str, list[dict[str, Any]]],
+    threshold: float,
+    sh: Shingled,
+    problems: list[Quarantined],
+) -> list[dict[str, Any]]:
+    """The synthetic pool records that may go to train: one whose prompt or chosen text
+    near-duplicates a dev/test/judge record (the split clusters' relation) is quarantined
+    (``split_leak``, naming the closest twin): training on it would leak into evaluation."""
+    if not synthetic:
+        return []
+    items = [(split, r) for split, recs in evals.items() for r in recs]
+    near = neighbours([r for _, r in items] + synthetic, threshold, sh)
+    kept = []
+    for k, r in enumerate(synthetic):
+        twins = [
+            (-sim, items[j][1]["id"], fld, j)
+            for sim, fld, j in near.get(len(items) + k, [])
+            if j < len(items)
+        ]
+        if not twins:
+            kept.append(r)
+            continue
+        neg, twin_id, fld, j = min(twins)
+        split = items[j][0]
+        info = {"id": twin_id, "split": split, "field": fld, "similarity": round(-neg, 4)}
+        msg = (
+            f"synthetic pair: {fld} near-duplicates {twin_id} in the {split} split "
+            f"(word 3-gram Jaccard {-neg:.3f}): kept out of train"
+        )
+        src = r.get("source") or {}
+        problems.append(
+            Quarantined(
+                src.get("file", ""), src.get("line", 0), "split_leak", fld, msg, record_id=r["id"], twin=info
+            )
+        )
+    return kept
+
+
 def _manifest(cfg: DataConfig, got: dict[str, Any], snapshot_id: str) -> dict[str, Any]:
     splits, card = got["splits"], got["card"]
     counts: dict[str, Any] = {}
     for name, recs in splits.items():
+        synthetic = sum(map(is_synthetic, recs))
         counts[name] = {
             "pairs": len(recs),
+            "human": len(recs) - synthetic,
+            "synthetic": synthetic,
             "channels": dict(sorted(Counter(r.get("channel") or "" for r in recs).items())),
         }
     reasons = Counter(q.reason for q in got["problems"])
@@ -274,7 +358,7 @@ def write_snapshot(cfg: DataConfig, got: dict[str, Any]) -> dict[str, Any]:
 
     snapshot_id = content_id(got["splits"])
     manifest = _manifest(cfg, got, snapshot_id)
-    schema = features().arrow_schema
+    schema = features(origin=True).arrow_schema
     with atomic_dir(cfg.out) as tmp:
         for name, recs in got["splits"].items():
             rows = [{k: r.get(k) for k in FIELDS} for r in recs]

@@ -1,29 +1,36 @@
 """Streaming import with validation that is never silent.
 
 ``iter_file(path)`` reads one file line by line (JSONL; CSV/TSV through the ``csv`` module; either
-may be gzip-compressed; Parquet in record batches), converts each row
+may be gzip-compressed; Parquet in record batches; a ``.json`` file holding one JSON array, as
+Label Studio and Argilla export, one element at a time), converts each row
 from its source format to a canonical record, and yields either the record or a
-:class:`Quarantined` entry naming file, line, field and reason. ``ImportStats`` keeps the counts
-(read = accepted + quarantined, duplicates included as reason ``duplicate``). Memory stays bounded:
-one row at a time plus a 16-byte digest per accepted record for exact dedup.
+:class:`Quarantined` entry naming file, line, field and reason. A tool export row (a task with
+several annotators' verdicts) gives one record per verdict; verdicts without a preference
+(cancelled, draft, ...) are counted as skipped. ``ImportStats`` keeps the counts (read = accepted +
+quarantined + skipped, duplicates included as reason ``duplicate``). Memory stays bounded: one row
+at a time plus a 16-byte digest per accepted record for exact dedup.
 """
 
 from __future__ import annotations
 
+import codecs
 import csv
 import io
 import json
+import re
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from onbrand.data.formats import JSON_FORMATS, detect_format
+from onbrand.data.formats import JSON_FORMATS, MULTI_FORMATS, detect_format
+from onbrand.data.formats.judgements import Judgement
 from onbrand.data.records import DEFAULT_MAX_CHARS, REASONS, RecordError, canonicalize
 
 CSV_SUFFIXES = (".csv", ".tsv")
 RAW_KEEP = 2000  # characters of the bad row kept in the quarantine file
+ARRAY_CHUNK = 1 << 20  # bytes read at a time from a JSON array file
 
 
 @dataclass
@@ -51,6 +58,8 @@ class ImportStats:
     read: int = 0
     accepted: int = 0
     quarantined: Counter = field(default_factory=Counter)
+    # Tool verdicts without a preference (cancelled, draft, ...): counted, not quarantined.
+    skipped: Counter = field(default_factory=Counter)
     formats: Counter = field(default_factory=Counter)
     files: dict[str, dict[str, int]] = field(default_factory=dict)
 
@@ -65,6 +74,8 @@ class ImportStats:
             "quarantined": sum(self.quarantined.values()),
             "quarantined_by_reason": dict(sorted(self.quarantined.items())),
             "duplicates": self.duplicates,
+            "skipped": sum(self.skipped.values()),
+            "skipped_by_reason": dict(sorted(self.skipped.items())),
             "formats": dict(sorted(self.formats.items())),
             "files": self.files,
         }
@@ -72,9 +83,13 @@ class ImportStats:
     def summary(self) -> str:
         q = ", ".join(f"{k} {v}" for k, v in sorted(self.quarantined.items())) or "none"
         fmts = ", ".join(f"{k} {v}" for k, v in sorted(self.formats.items()))
+        skipped = ""
+        if self.skipped:
+            by = ", ".join(f"{k} {v}" for k, v in sorted(self.skipped.items()))
+            skipped = f", skipped {sum(self.skipped.values())} ({by})"
         return (
             f"read {self.read}, accepted {self.accepted}, quarantined {sum(self.quarantined.values())} "
-            f"({q}), duplicates {self.duplicates}; formats: {fmts or 'none'}"
+            f"({q}), duplicates {self.duplicates}{skipped}; formats: {fmts or 'none'}"
         )
 
 
@@ -83,8 +98,8 @@ def _raw(text: Any) -> str:
     return s[:RAW_KEEP]
 
 
-def convert_row(obj: Any, fmt: str, source: dict[str, Any], max_chars: int) -> tuple[dict[str, Any], str]:
-    """One parsed JSON/CSV row -> (canonical record, format name). Raises RecordError."""
+def resolve_format(obj: Any, fmt: str) -> str:
+    """The row's format: ``fmt``, or the detected one for ``auto``. Raises RecordError."""
     if not isinstance(obj, dict):
         raise RecordError("not_object", "", f"expected a JSON object, got {type(obj).__name__}")
     name = detect_format(obj) if fmt == "auto" else fmt
@@ -99,14 +114,48 @@ def convert_row(obj: Any, fmt: str, source: dict[str, Any], max_chars: int) -> t
         if nulls:
             raise RecordError("null_field", nulls[0], "is null")
         raise RecordError("unknown_format", "", f"row matches no supported format (keys: {keys})")
-    if name in ("trl", "standard", "canonical", "hh-rlhf", "ultrafeedback"):
-        try:
-            shaped = JSON_FORMATS[name].convert(obj)
-        except KeyError as e:
-            raise RecordError("missing_field", str(e.args[0]), f"is required for format {name}") from None
-    else:
+    if name not in JSON_FORMATS:
         raise ValueError(f"format {name!r} is not a JSON row format")
+    return name
+
+
+def convert_row(obj: Any, fmt: str, source: dict[str, Any], max_chars: int) -> tuple[dict[str, Any], str]:
+    """One parsed JSON/CSV row -> (canonical record, format name). Raises RecordError.
+
+    Rows of the tool-export formats hold several verdicts: :func:`convert_judgements` reads them.
+    """
+    name = resolve_format(obj, fmt)
+    if name in MULTI_FORMATS:
+        raise ValueError(f"format {name!r} rows hold several judgements: read them with convert_judgements")
+    try:
+        shaped = JSON_FORMATS[name].convert(obj)
+    except KeyError as e:
+        raise RecordError("missing_field", str(e.args[0]), f"is required for format {name}") from None
     return canonicalize(shaped, source=source, max_chars=max_chars), name
+
+
+def convert_judgements(
+    obj: dict[str, Any],
+    name: str,
+    source: dict[str, Any],
+    max_chars: int,
+    options: Mapping[str, Any] | None = None,
+) -> Iterator[dict[str, Any] | Judgement]:
+    """One tool-export row -> a canonical record per verdict, or the :class:`Judgement` itself when
+    it is an error (``.error``) or a skip (``.skip``). ``source`` gains ``annotation`` (1-based)."""
+    try:
+        judgements = JSON_FORMATS[name].convert_many(obj, options)
+    except RecordError as e:
+        judgements = [Judgement(0, error=e)]
+    for j in judgements:
+        if j.record is not None and j.error is None:
+            src = {**source, "annotation": j.index} if j.index else dict(source)
+            try:
+                yield canonicalize(j.record, source=src, max_chars=max_chars)
+                continue
+            except RecordError as e:
+                j.error = e
+        yield j
 
 
 def _jsonl_rows(path: Path, display: str, max_chars: int) -> Iterator[tuple[int, Any, Quarantined | None]]:
@@ -138,6 +187,105 @@ def _jsonl_rows(path: Path, display: str, max_chars: int) -> Iterator[tuple[int,
                     None,
                     Quarantined(display, n, "invalid_json", "", f"{e.msg} at column {e.colno}", _raw(text)),
                 )
+
+
+class _Chars:
+    """Text of a binary stream decoded on demand, with the line number of the read position."""
+
+    _WS = re.compile(r"[ \t\r\n]*")
+    _BAD = re.compile("[\udc80-\udcff]")  # what surrogateescape makes of invalid UTF-8 bytes
+
+    def __init__(self, f: io.BufferedIOBase):
+        self.f = f
+        # Bad bytes become lone surrogates, so only the element holding them is lost (see value()).
+        self.dec = codecs.getincrementaldecoder("utf-8-sig")(errors="surrogateescape")
+        self.buf, self.pos, self.line, self.eof = "", 0, 1, False
+
+    def fill(self) -> bool:
+        """Read more (at least as much as is unread, so re-parsing stays linear); False at EOF."""
+        if self.eof:
+            return False
+        raw = self.f.read(max(ARRAY_CHUNK, len(self.buf) - self.pos))
+        self.eof = not raw
+        self.buf = self.buf[self.pos :] + self.dec.decode(raw, final=self.eof)
+        self.pos = 0
+        return True
+
+    def advance(self, end: int) -> None:
+        self.line += self.buf.count("\n", self.pos, end)
+        self.pos = end
+
+    def peek(self) -> str:
+        """The next non-whitespace character ('' at the end of the file)."""
+        while True:
+            self.advance(self._WS.match(self.buf, self.pos).end())
+            if self.pos < len(self.buf):
+                return self.buf[self.pos]
+            if not self.fill():
+                return ""
+
+    def value(self, dec: json.JSONDecoder, cap: int) -> tuple[Any, str, str]:
+        """(next JSON value, "", "") or (None, reason, message) when it is bad or over ``cap``."""
+        while True:
+            try:
+                obj, end = dec.raw_decode(self.buf, self.pos)
+                if end < len(self.buf) or self.eof:
+                    bad = self._BAD.search(self.buf, self.pos, end)
+                    self.advance(end)
+                    return (None, "invalid_utf8", "bytes are not valid UTF-8") if bad else (obj, "", "")
+            except json.JSONDecodeError as e:
+                if self.eof:
+                    at = self.line + self.buf.count("\n", self.pos, e.pos)
+                    return None, "invalid_json", f"{e.msg} at line {at}"
+            if len(self.buf) - self.pos > cap:
+                return None, "too_large", f"an element over {cap} characters"
+            self.fill()
+
+
+def _json_array_rows(
+    path: Path, display: str, max_chars: int
+) -> Iterator[tuple[int, Any, Quarantined | None]]:
+    """A file holding one JSON array (Label Studio's and Argilla's exports), one element at a time;
+    "line" = the line the element starts on. An element with invalid UTF-8 is quarantined alone; a
+    syntax error or an element over the cap cannot be skipped past: it is one quarantine entry, and
+    the rest of the file is not read."""
+    cap = max_chars * 64 + (1 << 20)  # characters: one task carries several verdicts and metadata
+    dec, n = json.JSONDecoder(), 0
+    with _open_binary(path) as f:
+        r = _Chars(f)
+
+        def bad(reason: str, msg: str, line: int) -> tuple[int, None, Quarantined]:
+            return line, None, Quarantined(display, line, reason, "", msg + "; the rest is not read")
+
+        r.peek()
+        r.advance(r.pos + 1)  # the "[" (the caller checked it)
+        nxt = r.peek()
+        while nxt and nxt != "]":
+            n, start = n + 1, r.line
+            obj, reason, msg = r.value(dec, cap)
+            if reason == "invalid_utf8":  # the element was parsed: the next one can be read
+                yield start, None, Quarantined(display, start, reason, "", f"array item {n}: {msg}")
+            elif reason:
+                yield bad(reason, f"array item {n}: {msg}", start)
+                return
+            else:
+                yield start, obj, None
+            nxt = r.peek()
+            if nxt == ",":
+                r.advance(r.pos + 1)
+                nxt = r.peek()
+            elif nxt != "]":
+                yield bad("invalid_json", f"expected ',' or ']' after array item {n}", r.line)
+                return
+        if not nxt:
+            yield bad("invalid_json", "the array is not closed", r.line)
+
+
+def _is_json_array(path: Path) -> bool:
+    """A ``.json`` file whose first non-blank character is ``[`` (else it is read as JSONL)."""
+    with _open_binary(path) as f:
+        head = f.read(4096).decode("utf-8", "replace").lstrip("\ufeff \t\r\n")
+    return head.startswith("[")
 
 
 def _open_binary(path: Path):
@@ -217,45 +365,85 @@ def _csv_object(cells: dict[str, str]) -> dict[str, Any]:
     return obj
 
 
+def _rows(path: Path, fmt: str, display: str, max_chars: int):
+    suffixes = [x.lower() for x in path.suffixes[-2:]]
+    is_csv = fmt == "csv" or (fmt == "auto" and any(x in CSV_SUFFIXES for x in suffixes))
+    if ".parquet" in suffixes:
+        return _parquet_rows(path, display, max_chars), is_csv
+    if is_csv:
+        return _csv_rows(path, display, max_chars), is_csv
+    if ".json" in suffixes and _is_json_array(path):
+        return _json_array_rows(path, display, max_chars), is_csv
+    return _jsonl_rows(path, display, max_chars), is_csv
+
+
+def _tally(stats: ImportStats, per_file: dict[str, int], outcome: Any, name: str) -> Any:
+    """Count one outcome (record, Quarantined or skipped Judgement); what to yield, or None."""
+    stats.read += 1
+    per_file["read"] += 1
+    if isinstance(outcome, Quarantined):
+        stats.quarantined[outcome.reason] += 1
+        per_file["quarantined"] += 1
+        return outcome
+    if isinstance(outcome, Judgement):
+        stats.skipped[outcome.skip] += 1
+        per_file["skipped"] = per_file.get("skipped", 0) + 1
+        return None
+    stats.accepted += 1
+    per_file["accepted"] += 1
+    stats.formats[name] += 1
+    return outcome
+
+
+def _judged(
+    obj: dict[str, Any], name: str, source: dict[str, Any], max_chars: int, options: Mapping[str, Any] | None
+) -> Iterator[dict[str, Any] | Quarantined | Judgement]:
+    """A tool-export row's verdicts; errors become Quarantined entries naming item and annotation."""
+    for j in convert_judgements(obj, name, source, max_chars, options):
+        if isinstance(j, Judgement) and j.error is not None:
+            e = j.error
+            where = f"item {source['item']}" + (f", annotation {j.index}" if j.index else "")
+            yield Quarantined(
+                source["file"], source["line"], e.reason, e.field, f"{where}: {e.message}", _raw(obj)
+            )
+        else:
+            yield j
+
+
 def iter_file(
     path: str | Path,
     fmt: str = "auto",
     max_chars: int = DEFAULT_MAX_CHARS,
     stats: ImportStats | None = None,
     display: str | None = None,
+    options: Mapping[str, Any] | None = None,
 ) -> Iterator[dict[str, Any] | Quarantined]:
-    """Stream one file: yields canonical records and Quarantined entries, updating ``stats``."""
+    """Stream one file: yields canonical records and Quarantined entries, updating ``stats``.
+
+    ``options``: the tool formats' field mapping (e.g. ``ls_prompt_field``, ``argilla_question``).
+    """
     path = Path(path)
     display = display or str(path)
     stats = stats if stats is not None else ImportStats()
     per_file = stats.files.setdefault(display, {"read": 0, "accepted": 0, "quarantined": 0})
-    suffixes = [x.lower() for x in path.suffixes[-2:]]
-    is_csv = fmt == "csv" or (fmt == "auto" and any(x in CSV_SUFFIXES for x in suffixes))
-    if ".parquet" in suffixes:
-        rows = _parquet_rows(path, display, max_chars)
-    elif is_csv:
-        rows = _csv_rows(path, display, max_chars)
-    else:
-        rows = _jsonl_rows(path, display, max_chars)
-    for line, obj, problem in rows:
-        stats.read += 1
-        per_file["read"] += 1
+    rows, is_csv = _rows(path, fmt, display, max_chars)
+    for item, (line, obj, problem) in enumerate(rows, start=1):
+        source = {"file": display, "line": line}
+        outcomes: Iterable[Any] = [problem]
+        name = "csv" if is_csv else fmt
         if problem is None:
             try:
-                rec, name = convert_row(
-                    obj, "standard" if is_csv else fmt, {"file": display, "line": line}, max_chars
-                )
-                stats.formats["csv" if is_csv else name] += 1
+                name = "csv" if is_csv else resolve_format(obj, fmt)
+                if name in MULTI_FORMATS:
+                    outcomes = _judged(obj, name, {**source, "item": item}, max_chars, options)
+                else:
+                    outcomes = [convert_row(obj, "standard" if is_csv else name, source, max_chars)[0]]
             except RecordError as e:
-                problem = Quarantined(display, line, e.reason, e.field, e.message, _raw(obj))
-        if problem is not None:
-            stats.quarantined[problem.reason] += 1
-            per_file["quarantined"] += 1
-            yield problem
-        else:
-            stats.accepted += 1
-            per_file["accepted"] += 1
-            yield rec
+                outcomes = [Quarantined(display, line, e.reason, e.field, e.message, _raw(obj))]
+        for outcome in outcomes:
+            out = _tally(stats, per_file, outcome, name)
+            if out is not None:
+                yield out
 
 
 def import_files(
@@ -266,6 +454,7 @@ def import_files(
     brand: str | None = None,
     dedup: bool = True,
     seen: set[bytes] | None = None,
+    options: Mapping[str, Any] | None = None,
 ) -> Iterator[dict[str, Any] | Quarantined]:
     """Stream several files; exact duplicates (same content id) become ``duplicate`` entries.
 
@@ -276,7 +465,7 @@ def import_files(
     seen = seen if seen is not None else set()
     for path in paths:
         display = str(path)
-        for item in iter_file(path, fmt, max_chars, stats, display):
+        for item in iter_file(path, fmt, max_chars, stats, display, options):
             if isinstance(item, Quarantined):
                 yield item
                 continue

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+import math
 import types
 import typing
 from pathlib import Path
@@ -334,12 +335,20 @@ def check_range(
     lo_open: bool = False,
     hi_open: bool = False,
 ) -> None:
-    """Raise ``ValueError("name must be in [lo, hi], got v")`` when out of range."""
-    bad = (lo is not None and (value <= lo if lo_open else value < lo)) or (
-        hi is not None and (value >= hi if hi_open else value > hi)
+    """Raise ``ValueError("name must be in [lo, hi], got v")`` when out of range.
+
+    NaN and +-inf are always out of range: a NaN compares False to every bound, so without the
+    explicit check it would pass any range.
+    """
+    non_finite = isinstance(value, float) and not math.isfinite(value)
+    bad = (
+        non_finite
+        or (lo is not None and (value <= lo if lo_open else value < lo))
+        or (hi is not None and (value >= hi if hi_open else value > hi))
     )
     if bad:
         left = "(" if lo_open else "["
         right = ")" if hi_open else "]"
         rng = f"{left}{'-inf' if lo is None else lo}, {'inf' if hi is None else hi}{right}"
-        raise ValueError(f"{name} must be in {rng}, got {value!r}")
+        finite = " and finite" if non_finite else ""
+        raise ValueError(f"{name} must be in {rng}{finite}, got {value!r}")

@@ -40,6 +40,9 @@ class TokenizedPair:
     rejected: list[int] = field(default_factory=list)
     ref_chosen: float | None = None  # cached reference log-probs (DPO), filled by ref_cache
     ref_rejected: float | None = None
+    # Synthetic (machine-judged) pair and its loss weight (data.synthetic_weight; people's: 1.0).
+    synthetic: bool = False
+    weight: float = 1.0
 
     def __len__(self) -> int:
         return len(self.prompt) + len(self.chosen) + len(self.rejected)

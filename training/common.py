@@ -15,13 +15,13 @@ import shutil
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 
 from onbrand.adapters import concat_lora_adapters
 from onbrand.artifacts import atomic_dir, atomic_write_json, hash_tree, sha256_json
-from onbrand.config import to_dict
+from onbrand.config import check_range, to_dict
 from onbrand.data.brand import brand_sha256, load_brand
 from onbrand.data.snapshot import SPLITS, load_snapshot
 from onbrand.kernels import fused_linear_logprobs
@@ -45,8 +45,16 @@ class DataSection:
     eval_split: str = "dev"
     max_train_pairs: int = 0  # 0 = all
     max_eval_pairs: int = 0
+    # Synthetic pairs (origin "synthetic": judged by the reward model and the brand rules, see
+    # onbrand annotate queue --strategy uncertain) in the train split: include (default) or exclude
+    # them (counted in the log and run.json); synthetic_weight in [0, 1] multiplies their per-pair
+    # loss (DPO, reward model) or per-example loss (SFT). RL reads prompts only: neither applies.
+    # Held-out splits never hold synthetic pairs (the snapshot keeps them out; any found are dropped).
+    synthetic: Literal["include", "exclude"] = "include"
+    synthetic_weight: float = 1.0
 
     def __post_init__(self) -> None:
+        check_range("data.synthetic_weight", self.synthetic_weight, 0.0, 1.0)
         for name in ("train_split", "eval_split"):
             if getattr(self, name) not in SPLITS:
                 raise ValueError(
@@ -84,10 +92,20 @@ def brand_prompt(path: str | None) -> tuple[str | None, dict[str, Any] | None]:
 
 
 def load_pairs(
-    data: DataSection, tok, system_prompt: str | None, max_length: int, need_rejected: bool = True
+    data: DataSection,
+    tok,
+    system_prompt: str | None,
+    max_length: int,
+    need_rejected: bool = True,
+    stats: dict[str, Any] | None = None,
 ) -> tuple[list[TokenizedPair], list[TokenizedPair], dict[str, Any]]:
-    """Snapshot -> tokenized (train_split, eval_split) pairs (+ manifest). Errors name the file and row."""
+    """Snapshot -> tokenized (train_split, eval_split) pairs (+ manifest). Errors name the file and row.
 
+    Synthetic records (``origin: "synthetic"``) of the train split are kept with
+    ``weight = data.synthetic_weight`` or, with ``data.synthetic: exclude``, dropped; in the eval
+    split they are always dropped (held-out metrics are on human judgements). ``stats`` (when
+    given) gets ``{split: {"synthetic": kept, "synthetic_dropped": dropped}}``.
+    """
     dd, manifest = load_snapshot(data.snapshot)
     out = {}
     for split, limit in ((data.train_split, data.max_train_pairs), (data.eval_split, data.max_eval_pairs)):
@@ -95,21 +113,76 @@ def load_pairs(
             out[split] = []
             continue
         rows = dd[split]
-        n = len(rows) if not limit else min(limit, len(rows))
-        pairs = []
-        for i in range(n):
+        # Snapshots without the column (older or hand-made) are all human.
+        origins = rows["origin"] if "origin" in rows.column_names else [None] * len(rows)
+        keep_synthetic = split == data.train_split and data.synthetic == "include"
+        pairs, kept, dropped = [], 0, 0
+        for i in range(len(rows)):
+            if limit and len(pairs) >= limit:
+                break
+            synthetic = origins[i] == "synthetic"
+            if synthetic and not keep_synthetic:
+                dropped += 1
+                continue
             rec = rows[i]
             if need_rejected and not rec.get("rejected"):
                 raise ValueError(
                     f"{data.snapshot}/{split}.parquet: row {i} (id {rec.get('id')}): empty 'rejected'"
                 )
-            pairs.append(
-                tokenize_pair(tok, rec, system_prompt, max_length, where=f"{data.snapshot}/{split}.parquet: ")
+            pair = tokenize_pair(
+                tok, rec, system_prompt, max_length, where=f"{data.snapshot}/{split}.parquet: "
             )
+            if synthetic:
+                pair.synthetic, pair.weight = True, data.synthetic_weight
+                kept += 1
+            pairs.append(pair)
         out[split] = pairs
+        if stats is not None:
+            stats[split] = {"synthetic": kept, "synthetic_dropped": dropped}
     if not out[data.train_split]:
         raise ValueError(f"{data.snapshot}: no training pairs in split {data.train_split!r}")
     return out[data.train_split], out[data.eval_split], manifest
+
+
+def synthetic_note(data: DataSection, stats: dict[str, Any]) -> str | None:
+    """One log line on the synthetic pairs used or dropped (None when the snapshot has none)."""
+    parts = []
+    for split, st in stats.items():
+        if st["synthetic"]:
+            parts.append(f"{split}: {st['synthetic']} synthetic pairs (weight {data.synthetic_weight:g})")
+        if st["synthetic_dropped"]:
+            why = "data.synthetic=exclude" if split == data.train_split else "held-out is human only"
+            parts.append(f"{split}: {st['synthetic_dropped']} synthetic pairs dropped ({why})")
+    return "data: " + "; ".join(parts) if parts else None
+
+
+class WeightedMean:
+    """Per-pair loss weights (``TokenizedPair.weight``) as an exact weighted mean over the global batch.
+
+    The loop sums micro-batch losses scaled by their share of pairs and DDP averages the ranks, so
+    a micro-batch returning ``sum(w * loss) * per_rank * world / (len(micro) * W)``, with ``W`` the
+    global batch's weight sum (``begin_step``), makes the step loss ``sum(w * loss) / W``: weight-0
+    pairs count as absent. Inactive (every weight 1: no synthetic pair, or weight 1) the recipes
+    keep their plain mean, bit for bit.
+    """
+
+    def __init__(self, pairs: list[TokenizedPair]):
+        self.active = any(p.weight != 1.0 for p in pairs)
+        self.scale: float | None = None
+
+    def begin_step(self, mine: list[TokenizedPair], world: int, reduce_sum) -> None:
+        if self.active:
+            total = reduce_sum(float(sum(p.weight for p in mine)))
+            self.scale = len(mine) * world / total if total > 0 else 0.0
+
+    def weights(self, pairs: list[TokenizedPair], like: torch.Tensor) -> torch.Tensor:
+        return torch.tensor([p.weight for p in pairs], dtype=like.dtype, device=like.device)
+
+    def __call__(self, per_pair: torch.Tensor, pairs: list[TokenizedPair]) -> torch.Tensor:
+        """The micro-batch loss of (B,) per-pair losses (a plain mean when inactive or outside a step)."""
+        if not self.active or self.scale is None:
+            return per_pair.mean()
+        return (self.weights(pairs, per_pair) * per_pair).sum() * (self.scale / len(pairs))
 
 
 class PackedModel(torch.nn.Module):
@@ -227,7 +300,13 @@ def setup_run(kind: str, cfg, need_rejected: bool = True) -> RunSetup:
     base_name = parent["base_model"] if parent else cfg.model
     tok = load_tokenizer(base_name)
     system_prompt, brand = brand_prompt(cfg.data.brand)
-    train, held_out, manifest = load_pairs(cfg.data, tok, system_prompt, cfg.train.max_length, need_rejected)
+    synthetic: dict[str, Any] = {}
+    train, held_out, manifest = load_pairs(
+        cfg.data, tok, system_prompt, cfg.train.max_length, need_rejected, stats=synthetic
+    )
+    note = synthetic_note(cfg.data, synthetic)
+    if note and acc.is_main_process:
+        print(note, file=sys.stderr)
     tokenization = tokenizer_record(tok, system_prompt, cfg.train.max_length)
     base_hash = model_hash(base_name)
     lineage = sha256_json([base_hash, hash_tree(parent_adapter) if parent_adapter else None])
@@ -243,6 +322,7 @@ def setup_run(kind: str, cfg, need_rejected: bool = True) -> RunSetup:
                 "data": {
                     "snapshot_id": manifest.get("snapshot_id"), "split": cfg.data.train_split,
                     "eval_split": cfg.data.eval_split, "record_ids": sorted(p.id for p in train),
+                    "synthetic": {"mode": cfg.data.synthetic, "weight": cfg.data.synthetic_weight, **synthetic},
                 },
             },
         )  # fmt: skip

@@ -39,6 +39,7 @@ from onbrand.training import ref_cache
 from onbrand.training.common import (
     DataSection,
     PackedModel,
+    WeightedMean,
     finish_run,
     pack,
     parse_args,
@@ -134,7 +135,27 @@ def nll_weight_of(cfg: DPOConfig) -> float:
     return nll_weight_for(d.loss_type, d.nll_weight)
 
 
-def make_step_fn(unwrapped: PackedModel, tok, cfg: DPOConfig, device):
+def weighted_loss(got, ref, cfg: DPOConfig, pairs, weights: WeightedMean, chosen_nll=None) -> torch.Tensor:
+    """The preference loss with per-pair weights (``data.synthetic_weight``): each pair's loss from
+    ``preference_loss`` on that pair alone (the losses are elementwise, so this is its per-pair
+    term), combined by :class:`~onbrand.training.common.WeightedMean`, plus the NLL term."""
+    d = cfg.dpo
+    per_pair = []
+    for b in range(len(pairs)):
+        k = slice(b, b + 1)
+        one = preference_loss(
+            got["chosen"][k], got["rejected"][k], ref[0][k] if ref else None, ref[1][k] if ref else None,
+            chosen_tokens=got["n_chosen"][k], rejected_tokens=got["n_rejected"][k], loss_type=d.loss_type,
+            beta=d.beta, label_smoothing=d.label_smoothing, simpo_gamma=d.simpo_gamma, nll_weight=0.0,
+        )  # fmt: skip
+        per_pair.append(one.loss)
+    loss = weights(torch.stack(per_pair), pairs)
+    if nll_weight_of(cfg) and chosen_nll is not None:
+        loss = loss + nll_weight_of(cfg) * chosen_nll
+    return loss
+
+
+def make_step_fn(unwrapped: PackedModel, tok, cfg: DPOConfig, device, train: list | None = None):
     """``step_fn(model, pairs) -> (loss, metrics)`` for the shared loop.
 
     The NLL term (RPO / ORPO) is a token mean over the chosen completions of the WHOLE global batch
@@ -142,18 +163,26 @@ def make_step_fn(unwrapped: PackedModel, tok, cfg: DPOConfig, device):
     count, and each micro-batch's term is scaled so that the loop's pair-weighted sum and DDP's
     mean over ranks give exactly ``-sum(chosen logps) / #chosen tokens``. Per micro-batch means
     would make a 2-process run differ from 1 process (and depend on micro_batch_size).
+
+    ``train`` (the run's pairs): when some have a weight other than 1 (synthetic pairs, see
+    ``data.synthetic_weight``), the loss and the NLL term are weighted means over the global batch.
     """
     state: dict[str, float] = {}
+    weights = WeightedMean(train or [])
 
     def begin_step(mine, world, reduce_sum):
-        tokens = reduce_sum(float(sum(len(p.chosen) for p in mine)))
-        state["nll_scale"] = len(mine) * world / max(tokens, 1.0)
+        weights.begin_step(mine, world, reduce_sum)
+        w = [p.weight for p in mine] if weights.active else [1] * len(mine)
+        tokens = reduce_sum(float(sum(wi * len(p.chosen) for wi, p in zip(w, mine))))
+        denom = (tokens or 1.0) if weights.active else max(tokens, 1.0)  # weighted: may be < 1
+        state["nll_scale"] = len(mine) * world / denom
 
     def step_fn(model, pairs):
         got = batch_logps(model, pairs, tok, cfg, device)
         chosen_nll = None
         if nll_weight_of(cfg) and "nll_scale" in state:
-            chosen_nll = -got["chosen"].sum() * state["nll_scale"] / len(pairs)
+            c = got["chosen"] * weights.weights(pairs, got["chosen"]) if weights.active else got["chosen"]
+            chosen_nll = -c.sum() * state["nll_scale"] / len(pairs)
         ref = None
         if cfg.dpo.needs_reference:
             if pairs[0].ref_chosen is not None:
@@ -164,6 +193,9 @@ def make_step_fn(unwrapped: PackedModel, tok, cfg: DPOConfig, device):
             else:
                 ref = reference_logps(unwrapped, pairs, tok, cfg, device)
         out = pair_loss(got, ref, cfg, chosen_nll)
+        loss = out.loss
+        if weights.active and weights.scale is not None:
+            loss = weighted_loss(got, ref, cfg, pairs, weights, chosen_nll)
         m = out.metrics()
         m["logps/chosen"] = got["chosen"].detach().mean().item()
         m["logps/rejected"] = got["rejected"].detach().mean().item()
@@ -171,7 +203,7 @@ def make_step_fn(unwrapped: PackedModel, tok, cfg: DPOConfig, device):
             # KL-to-reference estimate on the data's completions: mean per-token log-ratio.
             lr = (got["chosen"].detach() - ref[0]) + (got["rejected"].detach() - ref[1])
             m["kl_ref_per_token"] = (lr.sum() / (got["n_chosen"] + got["n_rejected"]).sum()).item()
-        return out.loss, m
+        return loss, m
 
     step_fn.begin_step = begin_step
     return step_fn
@@ -267,7 +299,7 @@ def train(cfg: DPOConfig) -> int:
             key_base,
         )
     wrapped = acc.prepare(model)
-    step_fn = make_step_fn(model, run.tok, cfg, acc.device)
+    step_fn = make_step_fn(model, run.tok, cfg, acc.device, run.train)
     result = train_pairs(run, cfg, model, wrapped, step_fn)
     if result is None:  # stopped early (train.stop_after)
         return 0

@@ -34,6 +34,7 @@ from onbrand.training.batching import tokenize_pair
 from onbrand.training.common import (
     DataSection,
     PackedModel,
+    WeightedMean,
     finish_run,
     pack,
     parse_args,
@@ -75,10 +76,25 @@ def bt_loss(rc: torch.Tensor, rr: torch.Tensor, cfg: RewardConfig) -> torch.Tens
     return loss
 
 
-def make_step_fn(tok, cfg: RewardConfig, device):
+def bt_per_pair(rc: torch.Tensor, rr: torch.Tensor, cfg: RewardConfig) -> torch.Tensor:
+    """(B,) per-pair terms of :func:`bt_loss` (its value is their mean)."""
+    out = -F.logsigmoid(rc - rr - cfg.margin)
+    if cfg.center_coef:
+        out = out + cfg.center_coef * (rc + rr) ** 2
+    return out
+
+
+def make_step_fn(tok, cfg: RewardConfig, device, train: list | None = None):
+    """``step_fn(model, pairs)``; with ``train`` pairs of weight != 1 (synthetic pairs,
+    ``data.synthetic_weight``) the loss is the weighted mean over the global batch."""
+    weights = WeightedMean(train or [])
+
     def step_fn(model, pairs):
         rc, rr = scores(model, pairs, tok, cfg, device)
-        loss = bt_loss(rc, rr, cfg)
+        if weights.active and weights.scale is not None:
+            loss = weights(bt_per_pair(rc, rr, cfg), pairs)
+        else:
+            loss = bt_loss(rc, rr, cfg)
         d = (rc - rr).detach()
         return loss, {
             "rewards/chosen": rc.detach().mean(),
@@ -87,6 +103,7 @@ def make_step_fn(tok, cfg: RewardConfig, device):
             "rewards/accuracies": (d > 0).float().mean(),
         }
 
+    step_fn.begin_step = weights.begin_step
     return step_fn
 
 
@@ -128,7 +145,7 @@ def train(cfg: RewardConfig) -> int:
     )  # fmt: skip
     model = PackedModel(peft_model, mode="score").to(acc.device)
     wrapped = acc.prepare(model)
-    result = train_pairs(run, cfg, model, wrapped, make_step_fn(run.tok, cfg, acc.device))
+    result = train_pairs(run, cfg, model, wrapped, make_step_fn(run.tok, cfg, acc.device, run.train))
     if result is None:  # stopped early (train.stop_after)
         return 0
     metrics = evaluate(model, run.held_out, run.tok, cfg, acc.device)

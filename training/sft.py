@@ -67,8 +67,24 @@ def nll(model: PackedModel, pairs, tok, cfg: SFTConfig, device) -> tuple[torch.T
     return -logp.float().sum(), logp.numel()
 
 
+def weighted_nll(model: PackedModel, pairs, tok, cfg: SFTConfig, device) -> tuple[torch.Tensor, float, int]:
+    """(sum of weight * token NLL, sum of token weights, tokens): each example's tokens count with
+    its ``weight`` (``data.synthetic_weight`` for synthetic pairs, 1 for people's)."""
+    batch = pack(pairs, tok, cfg.train, True, device)
+    with autocast(cfg.train.precision, device):
+        logp = model(batch).float()  # (M,)
+    w = torch.tensor([p.weight for p in pairs], dtype=logp.dtype, device=logp.device)[batch.seq_id // 2]
+    return -(w * logp).sum(), float(w.sum()), logp.numel()
+
+
 def make_step_fn(tok, cfg: SFTConfig, device):
+    """``step_fn(model, pairs)``: the micro-batch's completion-token mean NLL; a micro-batch holding
+    a pair of weight != 1 (synthetic, ``data.synthetic_weight``) takes the weighted token mean."""
+
     def step_fn(model, pairs):
+        if any(p.weight != 1.0 for p in pairs):
+            total, wsum, n = weighted_nll(model, pairs, tok, cfg, device)
+            return (total / wsum if wsum > 0 else total * 0.0), {"completion_tokens": float(n)}
         total, n = nll(model, pairs, tok, cfg, device)
         loss = total / max(n, 1)
         return loss, {"completion_tokens": float(n)}

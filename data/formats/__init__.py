@@ -1,5 +1,9 @@
-"""One reader per source format. JSON formats expose ``detect(obj) -> bool`` and
+"""One reader per source format. JSON row formats expose ``detect(obj) -> bool`` and
 ``convert(obj) -> dict`` (canonical-shaped, raising ``RecordError``); CSV streams rows itself.
+
+Annotation-tool exports (Label Studio tasks, Argilla records) hold several annotators' verdicts in
+one row: they expose ``convert_many(obj, options) -> list[Judgement]`` instead of ``convert``
+(:mod:`onbrand.data.formats.judgements`), and the importer makes one record per verdict.
 
 ``detect_format(obj)`` tries the JSON formats most-specific first.
 """
@@ -8,10 +12,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from onbrand.data.formats import canonical, hh_rlhf, standard, trl, ultrafeedback
+from onbrand.data.formats import argilla, canonical, hh_rlhf, label_studio, standard, trl, ultrafeedback
 
-# Most specific first: UltraFeedback and HH-RLHF rows also have chosen/rejected keys.
+# Most specific first: UltraFeedback and HH-RLHF rows also have chosen/rejected keys. The tool
+# exports come first: they need a ``data``/``fields`` object no preference-pair row has.
 JSON_FORMATS = {
+    "label-studio": label_studio,
+    "argilla": argilla,
     "ultrafeedback": ultrafeedback,
     "hh-rlhf": hh_rlhf,
     "canonical": canonical,
@@ -22,6 +29,8 @@ JSON_FORMATS = {
 CONTAINER_FORMATS = ("csv",)
 # Every value ``format:`` / ``--format`` accepts (the one list; ``auto`` detects per row or file).
 FORMATS = ("auto", *JSON_FORMATS, *CONTAINER_FORMATS)
+# Formats whose rows carry several judgements (``convert_many``); their options by format.
+MULTI_FORMATS = {name: mod.OPTIONS for name, mod in JSON_FORMATS.items() if hasattr(mod, "convert_many")}
 
 
 def detect_format(obj: Any) -> str | None:

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import socket
+import threading
+import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -71,3 +75,38 @@ def env(tmp_path, brand_facts):
         service.assign(s, project, overlap=0.5, seed=1)
     with TestClient(app, base_url="http://127.0.0.1") as client:
         yield Env(url, client, admin, tokens, "aurora", sessions)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextmanager
+def _serve(app, **uvicorn_kw):
+    """A real uvicorn server for ``app`` on a free loopback port, in a thread; yields its base URL."""
+    import uvicorn
+
+    config = uvicorn.Config(
+        app, host="127.0.0.1", port=_free_port(), **{"log_level": "warning", **uvicorn_kw}
+    )
+    srv = uvicorn.Server(config)
+    thread = threading.Thread(target=srv.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not srv.started:
+        if time.monotonic() > deadline:
+            raise RuntimeError("server did not start")
+        time.sleep(0.05)
+    try:
+        yield f"http://127.0.0.1:{config.port}"
+    finally:
+        srv.should_exit = True
+        thread.join(timeout=10)
+
+
+@pytest.fixture
+def live_server():
+    """``with live_server(app, **uvicorn_options) as base_url: ...``: the app on a real uvicorn."""
+    return _serve

@@ -1,4 +1,4 @@
-"""Agreement statistics against hand-computed values and scikit-learn."""
+"""Agreement statistics against hand-computed values, scikit-learn and published reference values."""
 
 from __future__ import annotations
 
@@ -44,6 +44,50 @@ def test_krippendorff_alpha_reference_example():
     ]
     units = [[v for v in col if v is not None] for col in zip(*coders)]
     assert krippendorff_alpha(units) == pytest.approx(0.743421, abs=1e-6)
+    # Same data, ordinal metric: the paper reports 0.815; the float64 value 0.8153875037548814 is
+    # from the reference implementation (PyPI ``krippendorff`` 0.9.0, level_of_measurement
+    # "ordinal"), run once outside this repository; it is not a dependency.
+    assert krippendorff_alpha(units, "ordinal") == pytest.approx(0.8153875037548814, abs=1e-12)
+    assert krippendorff_alpha(units, "ordinal", [1, 2, 3, 4, 5]) == pytest.approx(
+        0.8153875037548814, abs=1e-12
+    )
+    # A scale with an unused rank (6) changes nothing: an empty rank adds no distance.
+    assert krippendorff_alpha(units, "ordinal", [1, 2, 3, 4, 5, 6]) == pytest.approx(
+        0.8153875037548814, abs=1e-12
+    )
+
+
+def test_krippendorff_alpha_preference_labels_against_reference():
+    # 4 annotators x 9 items of preference labels (None: not judged). Reference values from the
+    # PyPI ``krippendorff`` 0.9.0 package (float64; a=0, tie=1, b=2, both_bad=3 for nominal, and
+    # both_bad set missing for ordinal), run once outside this repository.
+    n = None
+    coders = [
+        ["a", "a", "b", "tie", "b", "a", "both_bad", "b", n],
+        ["a", "tie", "b", "b", "b", "b", "both_bad", n, "a"],
+        [n, "a", "tie", "b", "b", "a", "a", "b", "a"],
+        ["a", "a", "b", n, "both_bad", "a", n, "b", "tie"],
+    ]
+    units = [[v for v in col if v is not None] for col in zip(*coders)]
+    assert krippendorff_alpha(units) == pytest.approx(0.35185185185185175, abs=1e-12)
+    scale = ["a", "tie", "b"]
+    ordinal = [[v for v in u if v in scale] for u in units]
+    assert krippendorff_alpha(ordinal, "ordinal", scale) == pytest.approx(0.6645330112721417, abs=1e-12)
+    # Near misses (a vs tie) cost less than a vs b, so ordinal alpha is above nominal here.
+    assert krippendorff_alpha(ordinal, "ordinal", scale) > krippendorff_alpha(ordinal)
+    with pytest.raises(ValueError, match="not on the scale"):
+        krippendorff_alpha(units, "ordinal", scale)  # both_bad must be filtered (and counted) first
+    with pytest.raises(ValueError, match="metric must be"):
+        krippendorff_alpha(units, "interval")
+    rep = agreement_report(
+        [(i, f"c{k}", v) for k, row in enumerate(coders) for i, v in enumerate(row) if v is not None],
+        ordinal=scale,
+    )
+    assert rep["krippendorff_alpha"] == pytest.approx(0.3519, abs=1e-4)
+    assert rep["krippendorff_alpha_ordinal"] == pytest.approx(0.6645, abs=1e-4)
+    # 31 values on 9 items; 3 both_bad left out, which leaves item 7 with one value (not pairable):
+    # 8 items with 27 values enter the ordinal computation.
+    assert rep["ordinal"] == {"scale": scale, "items": 8, "values": 27, "excluded": 3}
 
 
 def test_krippendorff_alpha_two_coders_hand_computed():

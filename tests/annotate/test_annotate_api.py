@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import re
 
 import pytest
 from sqlalchemy import func, select
@@ -21,6 +22,11 @@ def _items(env, who):
 def _only_theirs(env, who, other):
     mine = {a.task_id for a in _items(env, who)}
     return next(a for a in _items(env, other) if a.task_id not in mine)
+
+
+def _csrf(client, path: str) -> str:
+    """The CSRF token a page put in its forms (tied to this client's cookies)."""
+    return re.search(r'name=csrf_token value="([0-9a-f]+)"', client.get(path).text).group(1)
 
 
 def _count(env, model=Judgement):
@@ -55,7 +61,8 @@ def test_auth_status_codes(env):
     c.cookies.set("onbrand_token", "stale-token-000")
     r = c.get("/annotate", follow_redirects=False)
     assert r.status_code == 303 and r.headers["location"] == "/login"
-    r = c.post("/login", data={"token": "stale-token-000"}, follow_redirects=False)
+    form = {"token": "stale-token-000", "csrf_token": _csrf(c, "/login")}
+    r = c.post("/login", data=form, follow_redirects=False)
     assert r.status_code == 401 and "onbrand_token" not in r.headers.get("set-cookie", "")
 
 
@@ -163,6 +170,7 @@ def test_form_post_retry_and_order_recorded(env):
     assert "0 / " in page
     asg = next(a for a in _items(env, "bob") if not a.done)
     form = {
+        "csrf_token": re.search(r'name=csrf_token value="([0-9a-f]+)"', page).group(1),
         "assignment_id": str(asg.id),
         "submission_id": "form-0000001",
         "choice": "left",
