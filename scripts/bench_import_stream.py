@@ -56,7 +56,11 @@ def measure(cmd: list[str]) -> dict:
         proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "PYTHONSAFEPATH": "1"})
     if proc.returncode not in (0, 1):  # 1: some rows quarantined, still a finished import
         raise RuntimeError(f"{cmd[:4]} failed ({proc.returncode}): {proc.stderr[-2000:]}")
-    return {**prof.as_dict(), "returncode": proc.returncode, "summary": proc.stdout.strip().splitlines()[0] if proc.stdout.strip() else ""}
+    return {
+        **prof.as_dict(),
+        "returncode": proc.returncode,
+        "summary": proc.stdout.strip().splitlines()[0] if proc.stdout.strip() else "",
+    }
 
 
 def main(argv: list[str] | None = None) -> int:

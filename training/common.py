@@ -27,6 +27,7 @@ from onbrand.data.snapshot import SPLITS, load_snapshot
 from onbrand.kernels import fused_linear_logprobs
 from onbrand.lineage import final_adapter, init_run_dir, load_run, tokenizer_record, update_run
 from onbrand.models import load_tokenizer, model_hash
+from onbrand.training import token_cache
 from onbrand.training.batching import PackedBatch, TokenizedPair, collate, tokenize_pair
 from onbrand.training.loop import LoopResult, make_accelerator, run_loop
 from onbrand.training.lora import TRAINED, backbone
@@ -91,6 +92,57 @@ def brand_prompt(path: str | None) -> tuple[str | None, dict[str, Any] | None]:
     return card.system_prompt(), {"path": str(path), "sha256": brand_sha256(path)}
 
 
+def select_rows(
+    rows, split: str, data: DataSection, limit: int, need_rejected: bool, where: str
+) -> tuple[list[int], list[bool], int]:
+    """(row indices to train on, whether each is synthetic, synthetic rows dropped) of a split.
+
+    Reads columns only (no tokenizer), so a token-cache hit costs no pass over the records."""
+    n = len(rows)
+    # Whole columns as lists ([:]): indexing a datasets Column row by row is ~70x slower.
+    # Snapshots without the origin column (older or hand-made) are all human.
+    origins = rows["origin"][:] if "origin" in rows.column_names else [None] * n
+    ids = rows["id"][:] if "id" in rows.column_names else [None] * n
+    rejected = rows["rejected"][:] if need_rejected else None
+    keep_synthetic = split == data.train_split and data.synthetic == "include"
+    idx: list[int] = []
+    synthetic: list[bool] = []
+    dropped = 0
+    for i in range(n):
+        if limit and len(idx) >= limit:
+            break
+        syn = origins[i] == "synthetic"
+        if syn and not keep_synthetic:
+            dropped += 1
+            continue
+        if rejected is not None and not rejected[i]:
+            raise ValueError(f"{where}row {i} (id {ids[i]}): empty 'rejected'")
+        idx.append(i)
+        synthetic.append(syn)
+    return idx, synthetic, dropped
+
+
+def tokenized_rows(
+    data: DataSection, split: str, rows, idx: list[int], manifest: dict[str, Any], tok,
+    system_prompt: str | None, max_length: int, quiet: bool = False,
+) -> tuple[list[TokenizedPair], dict[str, Any] | None]:  # fmt: skip
+    """``tokenize_pair`` of ``rows[idx]`` through the token cache (``onbrand.training.token_cache``):
+    SFT, DPO and the reward model tokenise a split the same way, so the first stage's ids are reused.
+    Returns (pairs, {"key", "hit"}); no cache entry for an empty selection."""
+    if not idx:
+        return [], None
+    where = f"{data.snapshot}/{split}.parquet: "
+    key = token_cache.cache_key(
+        snapshot_id=manifest.get("snapshot_id"), split=split, split_file=Path(data.snapshot) / f"{split}.parquet",
+        rows=idx, tok=tok, system_prompt=system_prompt, max_length=max_length,
+    )  # fmt: skip
+
+    def tokenize() -> list[TokenizedPair]:
+        return [tokenize_pair(tok, rows[i], system_prompt, max_length, where=where) for i in idx]
+
+    return token_cache.get_or_tokenize(key, tokenize, what=f"{data.snapshot}/{split}", quiet=quiet)
+
+
 def load_pairs(
     data: DataSection,
     tok,
@@ -98,13 +150,16 @@ def load_pairs(
     max_length: int,
     need_rejected: bool = True,
     stats: dict[str, Any] | None = None,
+    tokens: dict[str, Any] | None = None,
+    quiet: bool = False,
 ) -> tuple[list[TokenizedPair], list[TokenizedPair], dict[str, Any]]:
     """Snapshot -> tokenized (train_split, eval_split) pairs (+ manifest). Errors name the file and row.
 
     Synthetic records (``origin: "synthetic"``) of the train split are kept with
     ``weight = data.synthetic_weight`` or, with ``data.synthetic: exclude``, dropped; in the eval
     split they are always dropped (held-out metrics are on human judgements). ``stats`` (when
-    given) gets ``{split: {"synthetic": kept, "synthetic_dropped": dropped}}``.
+    given) gets ``{split: {"synthetic": kept, "synthetic_dropped": dropped}}``; ``tokens`` gets
+    ``{split: {"key", "hit"}}`` of the token cache. ``quiet``: no log lines (non-main ranks).
     """
     dd, manifest = load_snapshot(data.snapshot)
     out = {}
@@ -113,32 +168,18 @@ def load_pairs(
             out[split] = []
             continue
         rows = dd[split]
-        # Snapshots without the column (older or hand-made) are all human.
-        origins = rows["origin"] if "origin" in rows.column_names else [None] * len(rows)
-        keep_synthetic = split == data.train_split and data.synthetic == "include"
-        pairs, kept, dropped = [], 0, 0
-        for i in range(len(rows)):
-            if limit and len(pairs) >= limit:
-                break
-            synthetic = origins[i] == "synthetic"
-            if synthetic and not keep_synthetic:
-                dropped += 1
-                continue
-            rec = rows[i]
-            if need_rejected and not rec.get("rejected"):
-                raise ValueError(
-                    f"{data.snapshot}/{split}.parquet: row {i} (id {rec.get('id')}): empty 'rejected'"
-                )
-            pair = tokenize_pair(
-                tok, rec, system_prompt, max_length, where=f"{data.snapshot}/{split}.parquet: "
-            )
-            if synthetic:
+        idx, synthetic, dropped = select_rows(
+            rows, split, data, limit, need_rejected, where=f"{data.snapshot}/{split}.parquet: "
+        )
+        pairs, info = tokenized_rows(data, split, rows, idx, manifest, tok, system_prompt, max_length, quiet)
+        for pair, syn in zip(pairs, synthetic):
+            if syn:
                 pair.synthetic, pair.weight = True, data.synthetic_weight
-                kept += 1
-            pairs.append(pair)
         out[split] = pairs
+        if tokens is not None and info is not None:
+            tokens[split] = info
         if stats is not None:
-            stats[split] = {"synthetic": kept, "synthetic_dropped": dropped}
+            stats[split] = {"synthetic": sum(synthetic), "synthetic_dropped": dropped}
     if not out[data.train_split]:
         raise ValueError(f"{data.snapshot}: no training pairs in split {data.train_split!r}")
     return out[data.train_split], out[data.eval_split], manifest
@@ -301,9 +342,20 @@ def setup_run(kind: str, cfg, need_rejected: bool = True) -> RunSetup:
     tok = load_tokenizer(base_name)
     system_prompt, brand = brand_prompt(cfg.data.brand)
     synthetic: dict[str, Any] = {}
-    train, held_out, manifest = load_pairs(
-        cfg.data, tok, system_prompt, cfg.train.max_length, need_rejected, stats=synthetic
-    )
+    tokens: dict[str, Any] = {}
+
+    def load(quiet: bool):
+        return load_pairs(
+            cfg.data, tok, system_prompt, cfg.train.max_length, need_rejected, synthetic, tokens, quiet
+        )
+
+    # The main process tokenises and fills the token cache; the other ranks then read it.
+    shared = token_cache.default_dir() is not None
+    if acc.is_main_process or not shared:
+        train, held_out, manifest = load(quiet=not acc.is_main_process)
+    acc.wait_for_everyone()
+    if shared and not acc.is_main_process:
+        train, held_out, manifest = load(quiet=True)
     note = synthetic_note(cfg.data, synthetic)
     if note and acc.is_main_process:
         print(note, file=sys.stderr)
@@ -318,6 +370,7 @@ def setup_run(kind: str, cfg, need_rejected: bool = True) -> RunSetup:
             tokenization=tokenization,
             extra={
                 "world_size": acc.num_processes, "train_pairs": len(train), "eval_pairs": len(held_out),
+                "token_cache": tokens,  # {split: {"key", "hit"}}: the token ids' cache entry
                 # Lineage of the data: which records this run learned from (the eval's judge check).
                 "data": {
                     "snapshot_id": manifest.get("snapshot_id"), "split": cfg.data.train_split,

@@ -20,7 +20,9 @@ What differs from TRL's DPOTrainer (same math, less work):
 - each pair is ONE packed segment ``[prompt, chosen, rejected]`` (the prompt runs once), rows are
   padding-free (``onbrand.training.batching``);
 - log-probs only at completion positions, from the last hidden states through the fused linear
-  log-prob kernel (no full logits).
+  log-prob kernel (no full logits);
+- the token ids come from the token cache (``onbrand.training.token_cache``): SFT, DPO and the
+  reward model tokenise a snapshot split once between them.
 """
 
 from __future__ import annotations

@@ -11,7 +11,9 @@ For scores r_c, r_r (B,) of the chosen and rejected conversations (the head on t
 (TRL RewardTrainer semantics: ``margin`` as its per-pair margin, here one constant;
 ``center_coef`` is its ``center_rewards_coefficient``, which keeps rewards centred on 0.) Pairs are
 packed ``[prompt, chosen, rejected]`` with the shared-prefix mask, so both scores come from one
-pass over the prompt.
+pass over the prompt. The pairs' token ids are read from the token cache when SFT or DPO already
+tokenised the same split with the same tokenizer, template, system prompt and ``max_length``
+(``onbrand.training.token_cache``; the demo's judge split is the reward model's own, its dev is shared).
 
 Eval and RL score conversations with :class:`RewardScorer`::
 

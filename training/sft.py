@@ -13,6 +13,8 @@ micro-batch, over its M completion tokens with log-probs from the fused kernel (
 
 SmolLM2's template has no ``{% generation %}`` markers, so the completion mask comes from the
 prompt/completion split (as in TRL's prompt-completion format), not ``assistant_only_loss``.
+The pairs are tokenised with their rejected side, exactly as DPO and the reward model do, so the
+three share the token cache (``onbrand.training.token_cache``); ``sft_only`` drops it afterwards.
 """
 
 from __future__ import annotations
