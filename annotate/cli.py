@@ -2,18 +2,26 @@
 
 ::
 
+    onbrand annotate migrate     --db sqlite:///annotations.db        # schema upgrade; prints 'from -> to'
     onbrand annotate admin-token --db sqlite:///annotations.db        # prints the admin token
     onbrand annotate project     --db ... --brand configs/brands/aurora.yaml --overlap 0.1
     onbrand annotate annotator   --db ... --project aurora alice bob  # prints one token each
+    onbrand annotate annotator   --db ... --project aurora --role reviewer --expires-in-days 30 carol
+    onbrand annotate revoke      --db ... --project aurora alice      # the token stops working at once
+    onbrand annotate rotate      --db ... --project aurora bob        # prints bob's new token
+    onbrand annotate audit       --db ... [--project aurora] [--json] # admin and reviewer actions
+    onbrand annotate gold        --db ... --project aurora --pairs gold.jsonl --rate 0.1
     onbrand annotate queue       --db ... --project aurora --prompts prompts.jsonl --model embedded:smollm2-135m-instruct --n 2
     onbrand annotate queue       --db ... --project aurora --pairs pairs.jsonl
     onbrand annotate queue       --db ... --project aurora --prompts prompts.jsonl --strategy uncertain \
                                  --n 4 --reward-model runs/demo/reward --margin 1.0 --budget 200 --synthetic-out synthetic.jsonl
     onbrand annotate assign      --db ... --project aurora
     onbrand annotate serve       --db ... --brand configs/brands/aurora.yaml --port 8000
-    onbrand annotate stats       --db ... --project aurora
-    onbrand annotate export      --db ... --project aurora --out annotations.jsonl
+    onbrand annotate stats       --db ... --project aurora            # gold accuracy, majority, alpha
+    onbrand annotate export      --db ... --project aurora --out annotations.jsonl [--min-gold-accuracy 0.7]
     onbrand annotate export      --db ... --project aurora --to label-studio --out tasks.json  # or argilla
+
+migrate, revoke, rotate and audit live in ``cli_access.py``, gold in ``cli_quality.py``.
 """
 
 from __future__ import annotations

@@ -170,30 +170,61 @@ def error_page(status: int, message: str) -> str:
     return page(f"Error {status}", body)
 
 
+def _ci(value: Any, ci: list[float] | None) -> str:
+    """``0.8 [0.3755, 0.9638]``: a proportion with its 95% interval (``n/a`` when undefined)."""
+    return esc(value) + (f" [{esc(ci[0])}, {esc(ci[1])}]" if ci else "")
+
+
+def _annotator_rows(annotators: list[dict[str, Any]]) -> str:
+    """One row per annotator: progress, speed, gold accuracy and agreement with the majority."""
+    head = (
+        "<tr><th>Annotator</th><th>Judged / assigned</th><th>Per hour</th><th>Median s / judgement</th>"
+        "<th>Gold judged</th><th>Gold accuracy [95% CI]</th><th>Agrees with majority (n)</th><th>Last</th></tr>"
+    )
+    rows = "".join(
+        f"<tr><td>{esc(r['annotator'])}</td><td>{esc(r['judged'])} / {esc(r['assigned'])}</td>"
+        f"<td>{esc(r['per_hour'])}</td><td>{esc(r.get('speed_median_seconds'))}</td>"
+        f"<td>{esc(r.get('gold_judged', 0))}</td>"
+        f"<td>{_ci(r.get('gold_accuracy'), r.get('gold_accuracy_ci95'))}</td>"
+        f"<td>{esc(r.get('majority_agreement'))} (n {esc(r.get('majority_compared', 0))})</td>"
+        f"<td>{esc(r['last'])}</td></tr>"
+        for r in annotators
+    )
+    return f"<table>{head}{rows}</table>"
+
+
+def _quality_lines(st: dict[str, Any]) -> str:
+    """The project's gold summary and agreement (nominal and ordinal alpha, raw, kappa per pair)."""
+    g, ag = st.get("gold") or {}, st["agreement"]
+    gold = (
+        f"<p>Gold: {esc(g['items'])} items at rate {esc(g['rate'])}; {esc(g['judgements'])} judged, "
+        f"accuracy {_ci(g['accuracy'], g['accuracy_ci95'])} (95% CI)</p>"
+        if g.get("items")
+        else ""
+    )
+    o = ag.get("ordinal") or {}
+    kappas = "".join(
+        f"<tr><td>{esc(' & '.join(k['annotators']))}</td><td>{esc(k['items'])}</td><td>{esc(k['kappa'])}</td></tr>"
+        for k in ag["cohen_kappa"]
+    )
+    return (
+        f"{gold}<p>Agreement on {esc(ag['items_overlapping'])} overlapping non-gold items: Krippendorff alpha "
+        f"nominal <b>{esc(ag['krippendorff_alpha'])}</b>, ordinal (a &lt; tie &lt; b) "
+        f"<b>{esc(ag.get('krippendorff_alpha_ordinal'))}</b> on {esc(o.get('items', 0))} items "
+        f"({esc(o.get('excluded', 0))} both_bad left out), raw agreement {esc(ag['percent_agreement'])}</p>"
+        f"<table><tr><th>Pair</th><th>Shared items</th><th>Cohen kappa</th></tr>{kappas}</table>"
+    )
+
+
 def admin_page(stats: list[dict[str, Any]], csrf: str) -> str:
-    """Progress, throughput and agreement of every project."""
-    parts = []
-    for st in stats:
-        rows = "".join(
-            f"<tr><td>{esc(r['annotator'])}</td><td>{r['judged']} / {r['assigned']}</td>"
-            f"<td>{esc(r['per_hour'])}</td><td>{esc(r['last'])}</td></tr>"
-            for r in st["annotators"]
-        )
-        ag = st["agreement"]
-        kappas = "".join(
-            f"<tr><td>{esc(' & '.join(k['annotators']))}</td><td>{k['items']}</td><td>{esc(k['kappa'])}</td></tr>"
-            for k in ag["cohen_kappa"]
-        )
-        parts.append(
-            f"<div class=card><h2 class=top>{esc(st['project'])} <span class=muted>· {esc(st['brand'])}</span></h2>"
-            f"<p>{st['judgements']} judgements on {st['tasks']} tasks · labels {esc(json.dumps(st['labels']))} · "
-            f"left chosen {esc(st['left_chosen_rate'])}</p>"
-            "<table><tr><th>Annotator</th><th>Judged / assigned</th><th>Per hour</th><th>Last</th></tr>"
-            f"{rows}</table>"
-            f"<p>Agreement on {ag['items_overlapping']} overlapping items: Krippendorff alpha "
-            f"<b>{esc(ag['krippendorff_alpha'])}</b>, raw agreement {esc(ag['percent_agreement'])}</p>"
-            f"<table><tr><th>Pair</th><th>Shared items</th><th>Cohen kappa</th></tr>{kappas}</table></div>"
-        )
+    """Progress, throughput, annotator quality and agreement of every project (``project_stats``)."""
+    parts = [
+        f"<div class=card><h2 class=top>{esc(st['project'])} <span class=muted>· {esc(st['brand'])}</span></h2>"
+        f"<p>{esc(st['judgements'])} judgements on {esc(st['tasks'])} tasks · labels {esc(json.dumps(st['labels']))} · "
+        f"left chosen {esc(st['left_chosen_rate'])}</p>"
+        f"{_annotator_rows(st['annotators'])}{_quality_lines(st)}</div>"
+        for st in stats
+    ]
     body = "".join(parts) or "<p class=muted>No projects yet.</p>"
     links = '<a href="/review" id=nav-review>Review</a> · '
     return page("Admin", body, _header("onbrand admin", "admin", f"{len(stats)} project(s)", csrf, links))

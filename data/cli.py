@@ -4,11 +4,13 @@
   --out DIR``: stream files into ``DIR/records.jsonl`` (canonical, deduplicated), ``DIR/quarantine.jsonl``
   (every bad row with file, line, field, reason) and ``DIR/import_summary.json``; prints the counts.
   Exit 1 when nothing valid remains, or with ``--strict`` when any row was quarantined. Label Studio
-  and Argilla exports: ``--ls-prompt-field/--ls-left-field/--ls-right-field``,
-  ``--argilla-prompt-field/--argilla-response-fields A,B/--argilla-question`` map their field names.
+  and Argilla exports: the config's ``format_options`` map their field names, and
+  ``--ls-prompt-field/--ls-left-field/--ls-right-field``,
+  ``--argilla-prompt-field/--argilla-response-fields A,B/--argilla-question`` override its keys.
 - ``validate FILE...``: the same checks, writes nothing (prints every problem).
-- ``snapshot [--config C] [key=value ...]``: import + dedup + tokenizer checks + leak checks +
-  near-duplicate-aware train/dev/test/judge split -> snapshot (docs/data.md, "Splits and leakage").
+- ``snapshot [--config C] [--ls-*/--argilla-* ...] [key=value ...]``: import + dedup + tokenizer
+  checks + leak checks + near-duplicate-aware train/dev/test/judge split -> snapshot (docs/data.md,
+  "Splits and leakage").
 - ``report [--config C] [--snapshot DIR] [--out DIR]``: data quality report (Markdown, JSON, PNG).
 
 Without FILE arguments, ``import``/``validate`` read the config's fixed split files
@@ -54,8 +56,9 @@ def _brand_id(args, cfg) -> str | None:
     return load_brand(resolve_input(path)).id if path else None
 
 
-def _format_options(args) -> dict[str, object]:
-    """The tool formats' field mapping from ``--ls-*`` / ``--argilla-*`` (only what was given)."""
+def _format_options(args, cfg) -> dict[str, object]:
+    """The tool formats' field mapping: the config's ``format_options``, then ``--ls-*`` /
+    ``--argilla-*`` on top (a flag given wins over the config's key of the same name)."""
     from onbrand.data.formats import MULTI_FORMATS
 
     opts: dict[str, object] = {k: getattr(args, k, None) for names in MULTI_FORMATS.values() for k in names}
@@ -65,7 +68,7 @@ def _format_options(args) -> dict[str, object]:
         if len(names) != 2 or not all(names) or names[0] == names[1]:
             raise ValueError(f"--argilla-response-fields: expected two different names 'a,b', got {pair!r}")
         opts["argilla_response_fields"] = names
-    return {k: v for k, v in opts.items() if v}
+    return {**cfg.format_options.as_options(), **{k: v for k, v in opts.items() if v}}
 
 
 def _run_import(args, write: bool) -> int:
@@ -91,7 +94,7 @@ def _run_import(args, write: bool) -> int:
             args.max_chars or cfg.max_chars,
             stats,
             _brand_id(args, cfg),
-            options=_format_options(args),
+            options=_format_options(args, cfg),
         )
         for item in tqdm(items, desc="import", unit="row", disable=None, mininterval=1.0):
             if isinstance(item, Quarantined):
@@ -154,9 +157,16 @@ def cmd_validate(args) -> int:
 
 
 def cmd_snapshot(args) -> int:
+    from dataclasses import replace
+
+    from onbrand.data.config import FormatOptions
     from onbrand.data.snapshot import build_snapshot
 
     cfg = _cfg(args)
+    opts = _format_options(args, cfg)
+    if "argilla_response_fields" in opts:
+        opts["argilla_response_fields"] = list(opts["argilla_response_fields"])
+    cfg = replace(cfg, format_options=FormatOptions(**opts))  # the manifest records what was read
     m = build_snapshot(cfg)
     counts = ", ".join(f"{k} {v['pairs']}" for k, v in m["counts"].items())
     print(f"snapshot {m['snapshot_id']} -> {cfg.out} ({counts})")
@@ -224,6 +234,7 @@ def register(sub) -> None:
         q.set_defaults(func=func)
     s = dsub.add_parser("snapshot", help="write a versioned Parquet snapshot + manifest")
     _common(s)
+    _tool_flags(s)
     s.add_argument("overrides", nargs="*", help="key=value config overrides")
     s.set_defaults(func=cmd_snapshot)
     r = dsub.add_parser("report", help="data quality report of a snapshot")

@@ -2,10 +2,38 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 from onbrand.config import check_range
 from onbrand.data.formats import FORMATS
+
+
+@dataclass
+class FormatOptions:
+    """Field names of Label Studio / Argilla exports whose projects do not use the templates' names.
+
+    The YAML twin of ``onbrand data import``'s ``--ls-*`` / ``--argilla-*`` flags, so a snapshot
+    config can read such an export too (the flags override these). Empty = the format's defaults
+    (docs/data.md, "From Label Studio and Argilla"); a key that is not one of these six is an error.
+    """
+
+    ls_prompt_field: str = ""  # Label Studio data key of the prompt (default prompt)
+    ls_left_field: str = ""  # data key of the Pairwise tag's left answer (default answer1|text1)
+    ls_right_field: str = ""  # data key of the right answer (default answer2|text2)
+    argilla_prompt_field: str = ""  # Argilla field of the prompt (default prompt)
+    argilla_response_fields: list[str] = field(default_factory=list)  # [a, b] (default response1, response2)
+    argilla_question: str = ""  # ranking/label question to read (default: the one naming a or b)
+
+    def __post_init__(self) -> None:
+        pair = self.argilla_response_fields
+        if pair and (len(pair) != 2 or not all(pair) or pair[0] == pair[1]):
+            raise ValueError(f"argilla_response_fields: expected two different names [a, b], got {pair!r}")
+
+    def as_options(self) -> dict[str, object]:
+        """The ``options`` mapping the tool formats read: only the names that were set."""
+        opts: dict[str, object] = {f.name: getattr(self, f.name) for f in fields(self)}
+        opts["argilla_response_fields"] = tuple(self.argilla_response_fields)
+        return {k: v for k, v in opts.items() if v}
 
 
 @dataclass
@@ -26,6 +54,8 @@ class DataConfig:
     dev_inputs: list[str] = field(default_factory=list)
     judge_inputs: list[str] = field(default_factory=list)
     format: str = "auto"
+    # Label Studio / Argilla field names (``format_options: {ls_prompt_field: question, ...}``).
+    format_options: FormatOptions = field(default_factory=FormatOptions)
     brand: str = ""  # brand card YAML; records without a brand get its id
     tokenizer: str = "embedded:smollm2-135m-instruct"  # "" skips the tokenizer checks
     max_length: int = 512  # prompt + completion tokens, system prompt included

@@ -159,7 +159,13 @@ def _import(cfg: DataConfig, brand_id: str | None, stats: ImportStats, problems:
     for split, paths in (*cfg.fixed_inputs.items(), ("pool", cfg.inputs)):
         recs = []
         for item in import_files(
-            [resolve_input(p) for p in paths], cfg.format, cfg.max_chars, stats, brand_id, seen=seen
+            [resolve_input(p) for p in paths],
+            cfg.format,
+            cfg.max_chars,
+            stats,
+            brand_id,
+            seen=seen,
+            options=cfg.format_options.as_options(),
         ):
             if isinstance(item, Quarantined):
                 problems.append(item)

@@ -113,7 +113,8 @@ def _brand_sample_prompt(cfg) -> str:
 
     data_cfg = load_config(DataConfig, cfg.data, [])
     paths = [resolve_input(p) for p in [*data_cfg.inputs, *data_cfg.test_inputs]]
-    for item in import_files(paths, data_cfg.format, data_cfg.max_chars, ImportStats(), None):
+    opts = data_cfg.format_options.as_options()  # the config's Label Studio / Argilla field names
+    for item in import_files(paths, data_cfg.format, data_cfg.max_chars, ImportStats(), None, options=opts):
         if not isinstance(item, Quarantined):
             return [m["content"] for m in item["prompt"] if m["role"] == "user"][-1]
     raise ValueError(f"{cfg.data}: no valid record to take a sample prompt from (set sample_prompt)")

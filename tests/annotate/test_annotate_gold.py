@@ -377,3 +377,65 @@ def test_cli_gold_and_project_gold_rate(tmp_path, capsys, repo_root):
     with open_db(db)() as s:
         rows = [r.action for r in s.scalars(select(AuditEntry))]
     assert rows.count("project.gold_rate") == 2 and rows.count("gold.add") == 1
+
+
+def test_admin_page_shows_quality_numbers(db, brand_facts, pairs):
+    """The /admin page renders project_stats' quality numbers: per annotator gold judged, gold
+    accuracy with its Wilson interval, agreement with the majority (n), median seconds; the
+    project's nominal and ordinal alpha. Three annotators judge 2 shared items and 2 gold items."""
+    from fastapi.testclient import TestClient
+
+    from onbrand.annotate.app import create_app
+    from onbrand.annotate.db import Judgement
+
+    url, sessions = db
+    votes = {0: ["a", "a", "tie"], 1: ["b", "b", "b"]}  # regular item -> ann, ben, cat
+    gold_votes = {"ann": ["a", "a"], "ben": ["a", "b"], "cat": ["b", "b"]}  # known answer: a
+    with sessions() as s:
+        p, anns = _project(s, brand_facts, annotators=("ann", "ben", "cat"))
+        service.add_tasks(s, p, pairs(2))
+        gold.add_gold(s, p, gold_items(2))
+        gold.set_gold_rate(s, p, 0.5)
+        service.assign(s, p, overlap=1.0, per_item=3)
+        regular = sorted(s.scalars(select(Task.id).where(Task.gold.is_(None))))
+        for k, ann in enumerate(anns):
+            left = list(gold_votes[ann.name])
+
+            def pick(task, k=k, left=left):
+                return left.pop(0) if task.gold else votes[regular.index(task.id)][k]
+
+            assert _judge(s, ann, pick) == 4
+            # Judged 10, 20 and 40 s apart: median 20 s between judgements (the clock is set here).
+            t0 = dt.datetime(2026, 1, 5, 9, 0, tzinfo=dt.UTC)
+            mine = s.scalars(select(Judgement).where(Judgement.annotator_id == ann.id).order_by(Judgement.id))
+            for j, sec in zip(mine, (0, 10, 30, 70), strict=True):
+                j.created_at = t0 + dt.timedelta(seconds=sec)
+        s.commit()
+        s.expire_all()  # read the times back as stored
+        st = project_stats(s, p)
+        admin = service.set_admin_token(s)
+    rows = {r["annotator"]: r for r in st["annotators"]}
+    assert [rows[n]["gold_accuracy"] for n in ("ann", "ben", "cat")] == [1.0, 0.5, 0.0]
+    with TestClient(create_app(url, [brand_facts]), base_url="http://127.0.0.1") as client:
+        r = client.get("/admin", headers={"Authorization": f"Bearer {admin}"})
+    assert r.status_code == 200
+    html = r.text
+    for name, acc, maj in (
+        ("ann", "1.0", "1.0 (n 1)"),
+        ("ben", "0.5", "1.0 (n 1)"),
+        ("cat", "0.0", "0.5 (n 2)"),
+    ):
+        ci = rows[name]["gold_accuracy_ci95"]
+        lo, hi = quality.wilson_interval(int(float(acc) * 2), 2)
+        assert ci == pytest.approx([lo, hi], abs=1e-4) and 0 < hi - lo < 1  # a real interval
+        # name, judged/assigned, per hour, median s, gold judged, gold accuracy [CI], vs majority (n)
+        cells = [name, "4 / 4", rows[name]["per_hour"], "20.0", "2", f"{acc} [{ci[0]}, {ci[1]}]", maj]
+        assert "<tr><td>" + "</td><td>".join(map(str, cells)) + "</td>" in html
+    ag = st["agreement"]
+    assert ag["krippendorff_alpha"] is not None and ag["krippendorff_alpha_ordinal"] is not None
+    assert ag["krippendorff_alpha"] == pytest.approx(krippendorff_alpha(list(votes.values())), abs=1e-4)
+    assert ag["krippendorff_alpha"] != ag["krippendorff_alpha_ordinal"]  # tie sits between a and b
+    assert f"Krippendorff alpha nominal <b>{ag['krippendorff_alpha']}</b>" in html
+    assert f"ordinal (a &lt; tie &lt; b) <b>{ag['krippendorff_alpha_ordinal']}</b> on 2 items" in html
+    assert "Gold: 2 items at rate 0.5; 6 judged, accuracy 0.5 [" in html
+    assert "<script>" not in html.split("</main>")[0]  # no inline script: CSP allows only our file

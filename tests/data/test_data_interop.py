@@ -216,3 +216,78 @@ def test_cli_import_with_tool_flags(tmp_path):
     assert len((out / "records.jsonl").read_text().splitlines()) == 1
     bad = ["data", "validate", str(AR), "--argilla-response-fields", "only_one"]
     assert main(bad) == 2
+
+
+RENAMED = {
+    "prompt": "query",
+    "answer1": "reply_a",
+    "answer2": "reply_b",
+    "text1": "reply_a",
+    "text2": "reply_b",
+}
+
+
+def _snapshot_config(tmp_path, options: str) -> tuple[Path, list]:
+    """A Label Studio export whose data keys are not the templates' (prompt/answer1/answer2 renamed),
+    and a data config reading it with ``format_options``."""
+    raw = json.loads(LS.read_text(encoding="utf-8"))
+    for task in raw:
+        task["data"] = {RENAMED.get(k, k): v for k, v in task["data"].items()}
+    export = tmp_path / "ls_custom.json"
+    export.write_text(json.dumps(raw, indent=1), encoding="utf-8")
+    cfg = tmp_path / "data.yaml"
+    cfg.write_text(
+        f"name: ls\ninputs: [{export}]\nformat: label-studio\ntokenizer: ''\ntest_fraction: 0.0\n"
+        f"out: {tmp_path / 'snap'}\nformat_options:\n{options}",
+        encoding="utf-8",
+    )
+    return cfg, raw
+
+
+def test_snapshot_config_format_options_map_label_studio_fields(tmp_path, capsys):
+    from onbrand.cli import main
+    from onbrand.data.snapshot import load_snapshot
+
+    options = "  ls_prompt_field: query\n  ls_left_field: reply_a\n  ls_right_field: reply_b\n"
+    cfg, raw = _snapshot_config(tmp_path, options)
+    assert main(["data", "snapshot", "--config", str(cfg)]) == 0
+    dd, manifest = load_snapshot(tmp_path / "snap")
+    got = {_text(r["prompt"]): _text(r["chosen"]) for r in dd["train"]}
+    # task 101 picked left (reply_a), 102 and 103 right (reply_b); 104 keeps its own names
+    want = {
+        raw[i]["data"]["query"]: raw[i]["data"][k]
+        for i, k in ((0, "reply_a"), (1, "reply_b"), (2, "reply_b"))
+    }
+    assert got == want and manifest["counts"]["train"]["pairs"] == 3
+    assert manifest["quarantined_by_reason"] == {"duplicate": 1, "missing_field": 1}
+    assert manifest["config"]["format_options"]["ls_prompt_field"] == "query"
+    merged = next(r for r in dd["train"] if _text(r["prompt"]) == raw[0]["data"]["query"])
+    assert sorted(merged["annotators"]) == ["1", "2"]  # the agreeing vote merged into the kept pair
+    # --ls-* flags override the config's keys: swapping left and right flips every choice
+    flags = ["--ls-left-field", "reply_b", "--ls-right-field", "reply_a"]
+    assert main(["data", "snapshot", "--config", str(cfg), *flags]) == 0
+    dd, manifest = load_snapshot(tmp_path / "snap")
+    assert {_text(r["prompt"]): _text(r["rejected"]) for r in dd["train"]} == want
+    assert manifest["config"]["format_options"]["ls_left_field"] == "reply_b"
+
+
+def test_snapshot_config_format_options_bad_key_is_one_line_error(tmp_path, capsys):
+    from dataclasses import fields
+
+    from onbrand.cli import main
+    from onbrand.data.config import FormatOptions
+    from onbrand.data.formats import MULTI_FORMATS
+
+    # the config section has exactly the options the tool formats read
+    assert {f.name for f in fields(FormatOptions)} == {k for ks in MULTI_FORMATS.values() for k in ks}
+    cfg, _ = _snapshot_config(tmp_path, "  ls_prompt_field: query\n  ls_promt_field: query\n")
+    assert main(["data", "snapshot", "--config", str(cfg)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "Traceback" not in err
+    assert f"{cfg}:9: format_options.ls_promt_field: unknown key" in err
+    assert "valid keys: ls_prompt_field, ls_left_field, ls_right_field, argilla_prompt_field" in err
+    cfg, _ = _snapshot_config(tmp_path, "  argilla_response_fields: [a, a]\n")
+    assert main(["data", "validate", "--config", str(cfg)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "two different names" in err
+    assert not (tmp_path / "snap").exists()
