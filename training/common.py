@@ -29,7 +29,7 @@ from onbrand.lineage import final_adapter, init_run_dir, load_run, tokenizer_rec
 from onbrand.models import load_tokenizer, model_hash
 from onbrand.training import token_cache
 from onbrand.training.batching import PackedBatch, TokenizedPair, collate, tokenize_pair
-from onbrand.training.loop import LoopResult, make_accelerator, run_loop
+from onbrand.training.loop import LoopResult, make_accelerator, resolve_precision, run_loop
 from onbrand.training.lora import TRAINED, backbone
 
 
@@ -336,6 +336,8 @@ def setup_run(kind: str, cfg, need_rejected: bool = True) -> RunSetup:
 
     seed_everything(cfg.train.seed, cfg.train.threads)
     acc = make_accelerator()
+    # Resolved once: the run's config, the reference cache key and autocast all see the real one.
+    cfg.train.precision = resolve_precision(cfg.train.precision, acc.device)
     out = Path(cfg.out_dir)
     parent, parent_adapter = parent_of(getattr(cfg, "init_from", None))
     base_name = parent["base_model"] if parent else cfg.model

@@ -55,7 +55,10 @@ class TrainConfig:
     warmup_ratio: float = 0.1
     scheduler: Literal["cosine", "linear", "constant"] = "cosine"
     max_grad_norm: float = 1.0
-    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    # auto: bf16 where the hardware has native bf16 (CUDA with bf16, a CPU with AVX-512 BF16 or AMX),
+    # else fp32. Without native support bf16 is emulated and 2-4x slower per step on CPU
+    # (bench/results/cpu_dtype.md); setup_run resolves it once, so run.json records the real one.
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "fp32"
     gradient_checkpointing: bool = False
     seed: int = 0
     shuffle: bool = True  # False: dataset order (to compare step by step with another trainer)
@@ -87,7 +90,26 @@ class TrainingDiverged(RuntimeError):
 StepFn = Callable[[torch.nn.Module, list], tuple[torch.Tensor, dict[str, Any]]]
 
 
+def cpu_has_native_bf16() -> bool:
+    """The CPU advertises bf16 instructions (AVX-512 BF16 or AMX BF16; Linux /proc/cpuinfo)."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """``auto`` -> ``bf16`` on hardware with native bf16, else ``fp32``; other values unchanged."""
+    if precision != "auto":
+        return precision
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
+    return "bf16" if device.type == "cpu" and cpu_has_native_bf16() else "fp32"
+
+
 def autocast(precision: str, device: torch.device):
+    precision = resolve_precision(precision, device)
     if precision == "fp32":
         return contextlib.nullcontext()
     dtype = torch.bfloat16 if precision == "bf16" else torch.float16
