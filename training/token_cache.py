@@ -23,6 +23,8 @@ an entry: they depend on the model and on the config, and are filled in after lo
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import functools
 import inspect
 import json
@@ -150,8 +152,30 @@ def _log(msg: str, quiet: bool) -> None:
         print(f"tokens: {msg}", file=sys.stderr)
 
 
+@contextlib.contextmanager
+def _locked(entry: Path, shared: bool):
+    """An flock on ``.locks/<entry>.lock`` in the cache root: writers exclusive, readers shared, so a reader
+    never sees a new pairs file with the old meta.json (two files cannot be replaced atomically)."""
+    locks = entry.parent / ".locks"  # beside the entries, not among them
+    locks.mkdir(parents=True, exist_ok=True)
+    with open(locks / f"{entry.name}.lock", "a") as f:
+        fcntl.flock(f, fcntl.LOCK_SH if shared else fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
 def save(entry: Path, key: dict[str, Any], pairs: list[TokenizedPair], seconds: float) -> None:
-    """Write ``pairs`` as ``entry``/pairs.safetensors, then meta.json (with its checksum)."""
+    """Write ``pairs`` as ``entry``/pairs.safetensors, then meta.json (with its checksum), under the
+    entry's lock; a concurrent writer that finished first leaves a valid entry, which is kept."""
+    with _locked(entry, shared=False):
+        if _read(entry, key) is not None:
+            return
+        _write(entry, key, pairs, seconds)
+
+
+def _write(entry: Path, key: dict[str, Any], pairs: list[TokenizedPair], seconds: float) -> None:
     import numpy as np
     from safetensors.numpy import save as st_save
 
@@ -202,18 +226,28 @@ def load(entry: Path, key: dict[str, Any], quiet: bool = False) -> list[Tokenize
     meta_path, pairs_path = entry / META, entry / PAIRS
     if not meta_path.exists() and not pairs_path.exists():
         return None
-    short = entry.name[:12]
     try:
-        meta = json.loads(meta_path.read_text())
-        blob = pairs_path.read_bytes()
+        with _locked(entry, shared=True):
+            return _read(entry, key, strict=True)
+    except Exception as e:  # noqa: BLE001 - any unreadable entry is rebuilt, never trusted
+        STATS.rebuilt += 1
+        _log(f"cache {entry.name[:12]} is corrupt or partial ({type(e).__name__}: {e}); re-tokenising", quiet)
+        return None
+
+
+def _read(entry: Path, key: dict[str, Any], strict: bool = False) -> list[TokenizedPair] | None:
+    """The entry's pairs; a bad entry raises when ``strict``, else gives None."""
+    try:
+        meta = json.loads((entry / META).read_text())
+        blob = (entry / PAIRS).read_bytes()
         if meta.get("key") != key:
             raise ValueError("stored key differs")
         if sha256_bytes(blob) != meta.get("sha256"):
             raise ValueError(f"checksum mismatch ({len(blob)} bytes)")
         return _decode(blob, int(meta["pairs"]))
-    except Exception as e:  # noqa: BLE001 - any unreadable entry is rebuilt, never trusted
-        STATS.rebuilt += 1
-        _log(f"cache {short} is corrupt or partial ({type(e).__name__}: {e}); re-tokenising", quiet)
+    except Exception:
+        if strict:
+            raise
         return None
 
 

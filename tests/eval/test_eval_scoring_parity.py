@@ -275,8 +275,13 @@ def test_logprobs_setting_picks_the_scoring_path(monkeypatch):
         cfg = load_config(EvalConfig, None, ["aligned=x", *overrides])
         return runner.score_with_engine(cfg, _aligned(kind), warnings), warnings
 
+    import torch
+
     monkeypatch.setattr(runner, "vllm_available", lambda: True)
-    assert pick([]) == (True, [])  # auto + a vLLM engine
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert pick([]) == (False, [])  # auto + vLLM on CPU: transformers (the engine pass measured slower)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert pick([]) == (True, [])  # auto + a vLLM engine on a GPU
     assert pick(["engine=hf"]) == (False, [])  # auto + transformers generate
     assert pick(["engine=hf", "logprobs=engine"]) == (True, [])  # the HF engine scores itself
     assert pick(["logprobs=transformers"]) == (False, [])
