@@ -162,7 +162,9 @@ def ensure_schema(engine: Engine, migrate: bool = False) -> tuple[str | None, st
         rev = current_revision(conn)
     if rev == want:
         return rev, want
-    _check(engine, rev, want, migrate)
+    # Not at head: decide only under the lock. Read without it, the version table and the table list
+    # can come from two sides of another process's commit (PostgreSQL's READ COMMITTED gives each
+    # statement its own snapshot), which looks like a first-release database mid-race.
     with schema_lock(engine) as conn:
         rev = current_revision(conn)  # another process may have done it while we waited
         if rev == want:

@@ -9,8 +9,6 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
-import numpy as np
-
 from onbrand import pipeline_stages
 from onbrand.pipeline import RunConfig, run_pipeline
 from onbrand.profiling import StageProfile, tree_rss_bytes
@@ -28,13 +26,20 @@ def test_cpu_seconds_count_a_child_process():
     assert prof.as_dict()["cpu_seconds"] >= round(child_cpu, 1) - 0.1
 
 
+HOLD = (
+    "import sys, time, numpy as np\n"
+    "block = np.ones(300 * 2**20 // 8); block.sum()  # 300 MiB, touched\n"
+    "print('ready', flush=True); time.sleep(1.0)"
+)
+
+
 def test_peak_rss_sees_memory_held_inside_the_block():
+    """A child holds 300 MiB for a second and exits: the tree's sampled peak saw it. (A child, not
+    this process: a long test process may reuse freed, still-resident memory for a new array.)"""
     before = tree_rss_bytes()
     with StageProfile(interval=0.05) as prof:
-        block = np.ones(300 * 2**20 // 8)  # 300 MiB, touched
-        block.sum()
-        del block
-    # The end-of-block sample no longer holds it; the sampled peak (start/interval samples) did.
+        subprocess.run([sys.executable, "-P", "-c", HOLD], capture_output=True, check=True)
+    # The end-of-block sample no longer holds it (the child is gone); an interval sample did.
     assert prof.peak_rss - before > 250 * 2**20
     assert prof.as_dict()["peak_rss_mb"] > 250
 
