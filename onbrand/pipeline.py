@@ -255,8 +255,9 @@ def _print_summary(
     out.line("=" * 78)
     for line in summary_lines(cfg, ctx):
         out.line(line)
-    eval_timings = (ctx.results.get("eval") or {}).get("timings") if "eval" in timings else None
-    for line in profile_lines(timings, eval_timings if timings.get("eval", ("",))[0] == "ran" else None):
+    ran_eval = timings.get("eval", ("skipped",))[0] == "ran"
+    eval_timings = (ctx.results.get("eval") or {}).get("timings") if ran_eval else None
+    for line in profile_lines(timings, eval_timings):
         out.line(line)
     atomic_write_json(
         Path(cfg.out_dir) / "summary.json",
