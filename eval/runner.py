@@ -9,8 +9,9 @@ of ``onbrand.eval.metrics.registry``, in order: the log-prob metrics KL / implic
 perplexity, then reward model, brand rules, voice, ...) -> report dir (report.json, report.md,
 PNGs, samples.jsonl). The log-prob metrics score with the engine that generated when
 ``logprobs`` says so (``auto``: a vLLM engine): it is kept open with the DPO reference LoRA loaded
-beside the aligned one and closed after the last of them; otherwise the engine is closed after
-generation and a transformers PEFT model scores.
+beside the aligned one and released after the last of them; otherwise the engine is released after
+generation and a transformers PEFT model scores. Released = closed, or, inside ``onbrand run`` on a
+platform with vLLM sleep mode, put to sleep for the export check (``onbrand.engines.pool``).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from typing import Any
 from onbrand.config import load_config, to_dict
 from onbrand.data.brand import load_brand
 from onbrand.engines import EngineOptions, Generation, Request, get_engine, vllm_available
+from onbrand.engines.pool import POOL
 from onbrand.eval.config import EvalConfig
 from onbrand.eval.gate import GateCheck, GateConfig, check_gate, format_checks
 from onbrand.eval.independence import JUDGE_SAW_TRAINING, judge_independence
@@ -90,7 +92,7 @@ def generate_both(cfg: EvalConfig, aligned: Aligned, chats: list[list[dict]], ke
             kind = engine.kind
         finally:
             if not keep_engine:
-                engine.close()
+                POOL.release(engine)  # closed, unless a later stage of this run takes it (asleep)
         return outs[: len(chats)], outs[len(chats) :], kind, engine if keep_engine else None
     # A merged checkpoint is a different model: one engine each, one at a time (memory).
     outs = []
@@ -198,9 +200,7 @@ def run_eval(cfg: EvalConfig, scorer=None, embedder=None) -> dict[str, Any]:
     try:
         metrics = compute_all(ctx)
     finally:  # the log-prob families close it after the last of them; this covers errors and skips
-        kept = ctx.shared("logprob_engine", lambda: None)
-        if kept is not None:
-            kept.close()
+        POOL.release(ctx.shared("logprob_engine", lambda: None))
     metrics["power"] = power_analysis(metrics, n_prompts)
     metrics.setdefault("timings", {}).update(
         generate_s=round(gen_s, 1), total_s=round(time.perf_counter() - t0, 1)

@@ -218,13 +218,30 @@ def greedy_agreement(hf: list[list[int]], vllm: list[list[int]]) -> float:
 
 
 def check_vllm(
-    root: Path, report: VerifyReport, base: str | None, hf_models: dict, prompts: list, timeout: int = 900
+    root: Path,
+    report: VerifyReport,
+    base: str | None,
+    hf_models: dict,
+    prompts: list,
+    timeout: int = 900,
+    in_process: bool = False,
 ) -> None:
-    """Load + greedy generate in a separate process (vLLM spawns workers and holds memory).
+    """Load + greedy generate, in a separate process (vLLM spawns workers and holds memory) or, with
+    ``in_process`` (inside ``onbrand run``), on this process's one engine (``serve_check.run_in_process``).
 
     Passing = vLLM loads and generates. Agreement of its greedy tokens with transformers' is reported
     (not gated: fp32 kernels differ in summation order, so near-ties may flip a token).
     """
+    if in_process:
+        from onbrand.export.serve_check import run_in_process
+
+        try:
+            result = run_in_process(root, base, 16)
+        except Exception as e:  # noqa: BLE001 - a load failure is a verify failure with its reason
+            report.add("vLLM load+generate", False, f"in process: {type(e).__name__}: {e}"[:500])
+            return
+        _vllm_result(report, result, hf_models, prompts)
+        return
     import tempfile
 
     out = Path(tempfile.mkdtemp(prefix="onbrand-vllm-")) / "result.json"
@@ -245,6 +262,11 @@ def check_vllm(
     result = json.loads(out.read_text())
     out.unlink()
     out.parent.rmdir()
+    result["engine"] = "started in a separate process"
+    _vllm_result(report, result, hf_models, prompts)
+
+
+def _vllm_result(report: VerifyReport, result: dict, hf_models: dict, prompts: list) -> None:
     report.vllm = result
     texts = [g["text"] for part in result["parts"] for g in part["generations"]]
     ok = bool(texts) and all(g["token_ids"] for part in result["parts"] for g in part["generations"])
@@ -260,13 +282,21 @@ def check_vllm(
         f"{p.get('greedy_agreement_with_transformers', float('nan')):.0%}, first: {p['generations'][0]['text']!r}"
         for p in result["parts"]
     )
-    report.add("vLLM load+generate", ok, f"vllm {result['vllm_version']}: {detail}"[:400])
+    report.add(
+        "vLLM load+generate", ok, f"vllm {result['vllm_version']} ({result['engine']}): {detail}"[:400]
+    )
 
 
 def verify_export(
-    export_dir: str | Path, vllm: str = "auto", base: str | None = None, tol: float = 1e-4
+    export_dir: str | Path,
+    vllm: str = "auto",
+    base: str | None = None,
+    tol: float = 1e-4,
+    in_process: bool | None = None,
 ) -> VerifyReport:
-    """Run every check on ``export_dir``; never raises for a bad export (the report says why)."""
+    """Run every check on ``export_dir``; never raises for a bad export (the report says why).
+    ``in_process`` (default: inside ``onbrand run``, where the engine pool is active) runs the vLLM
+    check on this process's engine instead of a separate interpreter."""
     import importlib.util
 
     root = reject_dotdot(export_dir, "export dir")
@@ -296,5 +326,8 @@ def verify_export(
         report.add("load", False, f"{type(e).__name__}: {e}"[:500])
         return report
     if vllm == "on" or (vllm == "auto" and importlib.util.find_spec("vllm") is not None):
-        check_vllm(root, report, base, {"merged": merged, "base+adapter": served}, prompts)
+        from onbrand.engines.pool import POOL
+
+        inproc = POOL.active if in_process is None else in_process
+        check_vllm(root, report, base, {"merged": merged, "base+adapter": served}, prompts, in_process=inproc)
     return report

@@ -23,6 +23,7 @@ from typing import Any
 from onbrand.artifacts import atomic_write_json, read_json, sha256_file, sha256_json
 from onbrand.config import ConfigError, load_config, resolve_kind, to_dict
 from onbrand.console import RunOutput, user_error_message
+from onbrand.engines.pool import POOL
 from onbrand.pipeline_stages import STAGES, StageContext, summary_lines
 from onbrand.profiling import StageProfile
 
@@ -127,10 +128,11 @@ def run_stage(cfg: RunConfig, stage: str, ctx: StageContext, force: bool) -> tup
         state = read_json(_state_path(cfg, stage))
         ctx.fingerprints[stage] = state["output_fingerprint"]
         ctx.results[stage] = state.get("result", {})
-        return "skipped", {"wall_seconds": 0.0, "cpu_seconds": 0.0, "peak_rss_mb": 0.0}
+        return "skipped", {"wall_seconds": 0.0, "cpu_seconds": 0.0, "peak_rss_mb": 0.0, "engine_starts": 0}
+    starts = POOL.starts
     with StageProfile() as prof:
         ctx.results[stage] = spec.run(cfg, stage_cfg, ctx)
-    profile = prof.as_dict()
+    profile = {**prof.as_dict(), "engine_starts": POOL.starts - starts}  # vLLM engines started in-process
     fingerprint = spec.fingerprint(cfg, ctx)
     ctx.fingerprints[stage] = fingerprint
     atomic_write_json(
@@ -142,6 +144,7 @@ def run_stage(cfg: RunConfig, stage: str, ctx: StageContext, force: bool) -> tup
             "seconds": profile["wall_seconds"],
             "cpu_seconds": profile["cpu_seconds"],
             "peak_rss_mb": profile["peak_rss_mb"],
+            "engine_starts": profile["engine_starts"],
             "result": ctx.results[stage],
         },
     )
@@ -166,10 +169,11 @@ def run_pipeline(
             )
         timings: dict[str, tuple[str, dict[str, float]]] = {}
         n = len(cfg.stages)
-        for i, stage in enumerate(cfg.stages, 1):
-            code = _attempt_stage(cfg, stage, f"[{i}/{n}] {stage}", ctx, out, force, config_path, timings)
-            if code:
-                return code
+        with POOL.keeping():  # one engine per run where it can sleep between stages
+            for i, stage in enumerate(cfg.stages, 1):
+                code = _attempt_stage(cfg, stage, f"[{i}/{n}] {stage}", ctx, out, force, config_path, timings)
+                if code:
+                    return code
         _print_summary(cfg, ctx, timings, out)
         gate = (ctx.results.get("eval") or {}).get("gate")
         if gate and not gate.get("passed"):
@@ -186,7 +190,9 @@ def _attempt_stage(cfg, stage, name, ctx, out: RunOutput, force, config_path, ti
     try:
         with out.stage(name, STAGES[stage].title, log) as log_file:
             status, profile = run_stage(cfg, stage, ctx, force=stage in force or "all" in force)
-            log_file.write(f"==== {stage}: {status}\n")
+            log_file.write(
+                f"==== {stage}: {status} (vLLM engines started in this process: {profile['engine_starts']})\n"
+            )
     except KeyboardInterrupt:
         out.stage_done(name, "interrupted")
         out.line(

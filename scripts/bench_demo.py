@@ -46,7 +46,7 @@ def run_once(repo: Path, out_dir: Path, cache: Path, config: str) -> dict:
         f = out_dir / "stages" / f"{s}.json"
         if f.exists():
             rec = read_json(f)
-            stages[s] = {k: rec.get(k) for k in ("seconds", "cpu_seconds", "peak_rss_mb")}
+            stages[s] = {k: rec.get(k) for k in ("seconds", "cpu_seconds", "peak_rss_mb", "engine_starts")}
             if s == "eval":
                 stages[s]["eval_timings"] = (rec.get("result") or {}).get("timings")
     return {
@@ -59,41 +59,57 @@ def run_once(repo: Path, out_dir: Path, cache: Path, config: str) -> dict:
     }
 
 
-def ratios(new: dict, old: dict) -> dict:
-    """new / old wall seconds per stage and in total (< 1 = faster)."""
+def ratios(new: dict, old: dict, key: str = "seconds") -> dict:
+    """new / old per stage (``key``: wall ``seconds`` or ``peak_rss_mb``) and, for wall time, the
+    whole run (< 1 = faster / smaller)."""
     out = {}
     for s in STAGES:
-        a, b = (new["stages"].get(s) or {}).get("seconds"), (old["stages"].get(s) or {}).get("seconds")
+        a, b = (new["stages"].get(s) or {}).get(key), (old["stages"].get(s) or {}).get(key)
         if a and b:
             out[s] = round(a / b, 3)
-    out["total"] = round(new["process_tree"]["wall_seconds"] / old["process_tree"]["wall_seconds"], 3)
+    if key == "seconds":
+        out["total"] = round(new["process_tree"]["wall_seconds"] / old["process_tree"]["wall_seconds"], 3)
     return out
 
 
+def _table(label: str, cache: str, r: dict, run: dict) -> list[str]:
+    lines = [f"### {label}, {cache} cache ({r['date']}, commit {r['commit']}, "
+             f"load {run['load_avg_1m_at_start']} -> {run['load_avg_1m_at_end']}, exit {run['returncode']})", "",
+             "| stage | wall s | CPU s | peak RSS MiB | vLLM engines started in-process |", "|---|---|---|---|---|"]  # fmt: skip
+    for s, v in run["stages"].items():
+        cells = [v.get(k) for k in ("cpu_seconds", "peak_rss_mb", "engine_starts")]
+        lines.append(
+            f"| {s} | {v['seconds']} | " + " | ".join("—" if c is None else str(c) for c in cells) + " |"
+        )
+    t = run["process_tree"]
+    lines += [f"| **whole run** | {t['wall_seconds']} | {t['cpu_seconds']} | {t['peak_rss_mb']} | |", ""]
+    ev = (run["stages"].get("eval") or {}).get("eval_timings") or {}
+    if ev:
+        fams = ", ".join(
+            f"{k} {v}" for k, v in sorted((ev.get("metric_s") or {}).items(), key=lambda kv: -kv[1])
+        )
+        lines += [f"eval: generation {ev.get('generate_s')} s, total {ev.get('total_s')} s; "
+                  f"seconds per metric family: {fams or 'not recorded'}", ""]  # fmt: skip
+    return lines
+
+
 def markdown(results: dict) -> str:
-    lines = [f"# Demo pipeline, stage by stage ({results['machine']})", ""]
-    for label, r in results["runs"].items():
+    lines = ["## Pipeline: the demo, stage by stage", "",
+             f"`{results['command']}`: `onbrand run configs/demo.yaml` of each checkout, in its own process, "
+             f"into a fresh out_dir, cold (empty cache) then warm (the cache the cold run filled). {results['machine']}.",
+             ""]  # fmt: skip
+    runs = results["runs"]
+    if "old" in runs and "new" in runs:
         for cache in ("cold", "warm"):
-            run = r.get(cache)
-            if not run:
-                continue
-            lines += [f"## {label}, {cache} cache ({r['date']}, commit {r['commit']}, "
-                      f"load {run['load_avg_1m_at_start']} -> {run['load_avg_1m_at_end']})", "",
-                      "| stage | wall s | CPU s | peak RSS MiB |", "|---|---|---|---|"]  # fmt: skip
-            for s, v in run["stages"].items():
-                lines.append(
-                    f"| {s} | {v['seconds']} | {v.get('cpu_seconds') or '—'} | {v.get('peak_rss_mb') or '—'} |"
-                )
-            t = run["process_tree"]
-            lines += [
-                f"| **whole run** | {t['wall_seconds']} | {t['cpu_seconds']} | {t['peak_rss_mb']} |",
-                "",
-            ]
-    if "old" in results["runs"] and "new" in results["runs"]:
-        for cache in ("cold", "warm"):
-            o, n = results["runs"]["old"].get(cache), results["runs"]["new"].get(cache)
+            o, n = runs["old"].get(cache), runs["new"].get(cache)
             if o and n:
-                lines += [f"new / old wall time, {cache}: `{json.dumps(ratios(n, o))}`", ""]
+                lines += [f"- new / old wall time, {cache}: `{json.dumps(ratios(n, o))}`",
+                          f"- new / old peak RSS, {cache}: `{json.dumps(ratios(n, o, 'peak_rss_mb'))}`"]  # fmt: skip
+        lines.append("")
+    for label, r in runs.items():
+        for cache in ("cold", "warm"):
+            if r.get(cache):
+                lines += _table(label, cache, r, r[cache])
     return "\n".join(lines) + "\n"
 
 

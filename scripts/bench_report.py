@@ -21,7 +21,7 @@ MEASURED_ON = (
     "Each section names its date and load; sections before 2026-12-02 were measured on a 2-core AMD EPYC "
     "(the eval-stage section: Intel Xeon, 2 cores), later ones on a 2-core Intel Xeon"
 )
-ORDER = ("kernels", "train", "generate", "eval", "judge", "judge_demo", "import", "annotate_load")
+ORDER = ("demo", "kernels", "train", "generate", "eval", "judge", "judge_demo", "import", "annotate_load")
 
 
 def machine() -> str:

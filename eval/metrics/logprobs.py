@@ -30,6 +30,7 @@ import numpy as np
 from onbrand.engines import render_prompt
 from onbrand.engines.base import ScoreItem, stop_token_ids
 from onbrand.engines.hf import load_with_adapters, use_adapter
+from onbrand.engines.pool import POOL
 from onbrand.eval.inputs import general_text_files, with_system
 from onbrand.eval.metrics.registry import (
     RATE_NULL,
@@ -174,7 +175,7 @@ class EngineScorer:
         return run
 
     def close(self) -> None:
-        self.engine.close()
+        POOL.release(self.engine)
 
 
 def _adapter(which: str, has_reference: bool) -> str | None:
@@ -219,8 +220,7 @@ def _score_pass(ctx: EvalContext) -> None:
         if lp is not None:
             lp.close()
         engine = ctx.shared("logprob_engine", lambda: None)
-        if engine is not None:
-            engine.close()  # idempotent; the runner closes it again on any error
+        POOL.release(engine)  # idempotent; the runner releases it again on any error
     if todo:
         ctx.timing("logprob_s", t0)
 

