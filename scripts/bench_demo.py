@@ -48,7 +48,12 @@ def run_once(repo: Path, out_dir: Path, cache: Path, config: str) -> dict:
             rec = read_json(f)
             stages[s] = {k: rec.get(k) for k in ("seconds", "cpu_seconds", "peak_rss_mb", "engine_starts")}
             if s == "eval":
-                stages[s]["eval_timings"] = (rec.get("result") or {}).get("timings")
+                res = rec.get("result") or {}
+                stages[s]["eval_timings"] = res.get("timings")
+                # What the run concluded, so a speed-up is read beside the numbers it produced.
+                stages[s]["eval_summary"] = res.get("summary")
+                stages[s]["verdict"] = res.get("verdict")
+                stages[s]["gate_passed"] = (res.get("gate") or {}).get("passed")
     return {
         "returncode": proc.returncode,  # 1 = the release gate failed (the pipeline still ran)
         "load_avg_1m_at_start": round(load, 2),
@@ -90,6 +95,10 @@ def _table(label: str, cache: str, r: dict, run: dict) -> list[str]:
         )
         lines += [f"eval: generation {ev.get('generate_s')} s, total {ev.get('total_s')} s; "
                   f"seconds per metric family: {fams or 'not recorded'}", ""]  # fmt: skip
+    ev = run["stages"].get("eval") or {}
+    if ev.get("eval_summary"):
+        lines += [f"eval result (test split; gate passed: {ev.get('gate_passed')}): "
+                  + "; ".join(f"{k} {v}" for k, v in ev["eval_summary"].items()), ""]  # fmt: skip
     return lines
 
 
