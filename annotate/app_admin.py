@@ -12,18 +12,22 @@ from __future__ import annotations
 import datetime as _dt
 import math
 from typing import Annotated, Any
+from urllib.parse import quote
 
-from fastapi import Depends, FastAPI, Query, Request
+from fastapi import Depends, FastAPI, Form, Query, Request
 from fastapi.responses import HTMLResponse, RedirectResponse
 from pydantic import BaseModel, Field, field_validator
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from onbrand.annotate import access, csrf, pages, service
-from onbrand.annotate.db import ROLES, Project, utcnow
+from onbrand.annotate import access, csrf, pages, pages_members, service
+from onbrand.annotate.db import ROLES, Annotator, Project, utcnow
 from onbrand.annotate.pooling import export_records, project_stats
 from onbrand.annotate.queue import parse_pair
 from onbrand.annotate.web import INT64_MAX, SEED_RULE, AuditLimit, request_token, require_admin
+
+FormText = Annotated[str, Form(min_length=1, max_length=200)]
+FormDays = Annotated[int | None, Form(ge=1, le=3650)]
 
 
 class NewProject(BaseModel):
@@ -90,6 +94,7 @@ def _member_view(ann, token: str | None = None) -> dict[str, Any]:
 def install_admin(app: FastAPI, db, brands_by_id: dict[str, dict]) -> None:
     _install_admin_page(app, db)
     _install_members(app, db)
+    _install_member_forms(app, db)
 
     @app.post("/api/admin/projects")
     def new_project(body: NewProject, request: Request, s: Session = Depends(db)):
@@ -151,8 +156,65 @@ def _install_admin_page(app: FastAPI, db) -> None:
         if request_token(request) is None:
             return RedirectResponse("/login", 303)
         require_admin(request, s)
-        stats = [project_stats(s, p) for p in s.scalars(select(Project).order_by(Project.id))]
-        return pages.admin_page(stats, csrf.form_token(request))
+        projects = list(s.scalars(select(Project).order_by(Project.id)))
+        token = csrf.form_token(request)
+        cards = {p.name: pages_members.members_card(p.name, _members(s, p), token) for p in projects}
+        return pages.admin_page([project_stats(s, p) for p in projects], token, cards)
+
+
+def _members(s: Session, project: Project) -> list[dict[str, Any]]:
+    now = utcnow()
+    rows = s.scalars(select(Annotator).where(Annotator.project_id == project.id).order_by(Annotator.id))
+    return [{"name": a.name, "role": a.role, "status": pages_members.member_status(a.revoked_at, a.expires_at, now)}
+            for a in rows]  # fmt: skip
+
+
+def _token_page(request: Request, project: str, ann, token: str) -> HTMLResponse:
+    view = _member_view(ann, token)
+    html = pages_members.token_page(
+        project, ann.name, ann.role, token, view["expires_at"], csrf.form_token(request)
+    )
+    return HTMLResponse(html, headers={"Cache-Control": "no-store"})
+
+
+def _install_member_forms(app: FastAPI, db) -> None:
+    """The same member actions as the JSON API below, as plain forms on /admin (no JavaScript)."""
+
+    @app.post("/admin/members", response_class=HTMLResponse)
+    def add_member_form(
+        request: Request,
+        project: FormText,
+        name: FormText,
+        role: Annotated[str, Form(max_length=16)] = "annotator",
+        expires_in_days: FormDays = None,
+        s: Session = Depends(db),
+    ):
+        who = require_admin(request, s)
+        if role not in ROLES:
+            raise ValueError(f"role must be one of {', '.join(ROLES)}, got {role!r}")
+        p = service.get_project(s, project)
+        ann, token = access.add_member(s, p, name, role, _expiry(expires_in_days), actor=who)
+        return _token_page(request, p.name, ann, token)
+
+    @app.post("/admin/members/revoke")
+    def revoke_member_form(request: Request, project: FormText, name: FormText, s: Session = Depends(db)):
+        who = require_admin(request, s)
+        p = service.get_project(s, project)
+        access.revoke(s, p, name, actor=who)
+        return RedirectResponse(f"/admin#members-{quote(p.name, safe='')}", 303)
+
+    @app.post("/admin/members/rotate", response_class=HTMLResponse)
+    def rotate_member_form(
+        request: Request,
+        project: FormText,
+        name: FormText,
+        expires_in_days: FormDays = None,
+        s: Session = Depends(db),
+    ):
+        who = require_admin(request, s)
+        p = service.get_project(s, project)
+        token = access.rotate(s, p, name, actor=who, expires_at=_expiry(expires_in_days))
+        return _token_page(request, p.name, access.member(s, p, name), token)
 
 
 def _install_members(app: FastAPI, db) -> None:

@@ -216,13 +216,15 @@ def _quality_lines(st: dict[str, Any]) -> str:
     )
 
 
-def admin_page(stats: list[dict[str, Any]], csrf: str) -> str:
-    """Progress, throughput, annotator quality and agreement of every project (``project_stats``)."""
+def admin_page(stats: list[dict[str, Any]], csrf: str, members_html: dict[str, str] | None = None) -> str:
+    """Progress, throughput, annotator quality and agreement of every project (``project_stats``);
+    ``members_html``: the trusted, already escaped member card of each project (``pages_members``)."""
+    members_html = members_html or {}
     parts = [
         f"<div class=card><h2 class=top>{esc(st['project'])} <span class=muted>· {esc(st['brand'])}</span></h2>"
         f"<p>{esc(st['judgements'])} judgements on {esc(st['tasks'])} tasks · labels {esc(json.dumps(st['labels']))} · "
         f"left chosen {esc(st['left_chosen_rate'])}</p>"
-        f"{_annotator_rows(st['annotators'])}{_quality_lines(st)}</div>"
+        f"{_annotator_rows(st['annotators'])}{_quality_lines(st)}{members_html.get(st['project'], '')}</div>"
         for st in stats
     ]
     body = "".join(parts) or "<p class=muted>No projects yet.</p>"

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
-from onbrand.annotate import service
+from onbrand.annotate import access, service
 from onbrand.annotate.db import Judgement, open_db
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -119,6 +119,16 @@ def test_browser_login_judge(server, tmp_path, javascript):
             assert "1 judgements on 1 tasks" in page.inner_text("main")
             admin_shot = tmp_path / f"annotate_admin_screenshot{suffix}.png"
             page.screenshot(path=str(admin_shot), full_page=True)
+            # Member management with the page's own forms: add a reviewer, read the token once.
+            form = "form[id^=add-member-]"
+            page.fill(f"{form} input[name=name]", "rita")
+            page.select_option(f"{form} select[name=role]", "reviewer")
+            with page.expect_navigation():
+                page.click(f"{form} button[type=submit]")
+            new_token = page.inner_text("#new-token")
+            page.click("text=Back to admin")
+            page.wait_for_url(f"{base}/admin")
+            assert "rita" in page.inner_text("main")
         finally:
             ctx.close()
     assert dialogs == []  # the <script> in the prompt never ran
@@ -131,6 +141,8 @@ def test_browser_login_judge(server, tmp_path, javascript):
         shutil.copy(admin_shot, out / admin_shot.name)
     assert shot.stat().st_size > 10_000
     with open_db(url)() as s:
+        who = access.authenticate(s, new_token)
+        assert (who.name, who.role) == ("rita", "reviewer")
         js = list(s.scalars(select(Judgement)))
     assert len(js) == 1
     j = js[0]
