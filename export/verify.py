@@ -25,6 +25,7 @@ from typing import Any
 from onbrand.artifacts import read_json, sha256_file
 from onbrand.export.common import EXPORT_KIND, MANIFEST, REFERENCE, max_abs_diff, prompt_logits, reject_dotdot
 from onbrand.models import load_model, load_tokenizer, model_hash, resolve_model
+from onbrand.stats.text import common_prefix
 
 
 @dataclass
@@ -207,14 +208,8 @@ def hf_greedy(model, prompts: list[dict], max_new_tokens: int) -> list[list[int]
 
 def greedy_agreement(hf: list[list[int]], vllm: list[list[int]]) -> float:
     """Fraction of vLLM's greedy tokens equal to transformers' before the first difference."""
-    same = total = 0
-    for a, b in zip(hf, vllm):
-        total += len(b)
-        for x, y in zip(a, b):
-            if x != y:
-                break
-            same += 1
-    return same / max(total, 1)
+    same = sum(common_prefix(a, b) for a, b in zip(hf, vllm))
+    return same / max(sum(len(b) for b in vllm), 1)
 
 
 def check_vllm(

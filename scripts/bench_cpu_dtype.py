@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from onbrand.artifacts import atomic_write_json, atomic_write_text, read_json
+from onbrand.stats.text import common_prefix
 
 REPO = Path(__file__).resolve().parent.parent
 OUT = REPO / "bench" / "results"
@@ -56,15 +57,6 @@ RECIPES = {
 
 
 # ---------------------------------------------------------------- agreement measures (pure)
-
-
-def common_prefix(a: list[int], b: list[int]) -> int:
-    n = 0
-    for x, y in zip(a, b):
-        if x != y:
-            break
-        n += 1
-    return n
 
 
 def sequence_agreement(ref: list[list[int]], other: list[list[int]]) -> dict[str, Any]:

@@ -27,6 +27,8 @@ from typing import Any
 
 import torch
 
+from onbrand.stats.text import common_prefix
+
 IGNORE = -100
 
 
@@ -53,15 +55,6 @@ def _ids(tok, messages: list[dict], add_generation_prompt: bool = False) -> list
         messages, tokenize=True, add_generation_prompt=add_generation_prompt, return_dict=True
     )
     return list(out["input_ids"])
-
-
-def _common_prefix(a: list[int], b: list[int]) -> int:
-    n = 0
-    for x, y in zip(a, b):
-        if x != y:
-            break
-        n += 1
-    return n
 
 
 def with_system(system_prompt: str | None, prompt: list[dict]) -> list[dict]:
@@ -92,7 +85,7 @@ def tokenize_pair(
     pc = _ids(tok, prompt_msgs + list(record["chosen"]))
     rejected = record.get("rejected")
     pr = _ids(tok, prompt_msgs + list(rejected)) if rejected else None
-    n = _common_prefix(p, pc) if pr is None else min(_common_prefix(p, pc), _common_prefix(p, pr))
+    n = common_prefix(p, pc) if pr is None else min(common_prefix(p, pc), common_prefix(p, pr))
     room = max_length - n
     if room < 8:
         raise ValueError(
@@ -158,7 +151,7 @@ def row_prefix_len(prompts: list[list[int]]) -> int:
     n = min(len(p) for p in prompts) - 1
     first = prompts[0]
     for p in prompts[1:]:
-        n = min(n, _common_prefix(first[:n], p[:n]))
+        n = min(n, common_prefix(first[:n], p[:n]))
     return max(n, 0)
 
 

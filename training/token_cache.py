@@ -40,6 +40,7 @@ from typing import Any
 from onbrand.artifacts import atomic_write_bytes, atomic_write_text, sha256_bytes, sha256_file, sha256_json
 from onbrand.lineage import tokenizer_record
 from onbrand.models import cache_root
+from onbrand.stats.text import common_prefix
 from onbrand.training import batching
 from onbrand.training.batching import TokenizedPair
 
@@ -51,7 +52,7 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_ma
                    "vocab.json", "vocab.txt", "merges.txt", "chat_template.jinja", "chat_template.json",
                    "tokenizer.model", "spiece.model")  # fmt: skip
 # The functions whose code decides the ids: their source is part of the key.
-_CODE = (batching.tokenize_pair, batching._ids, batching._common_prefix, batching.with_system)
+_CODE = (batching.tokenize_pair, batching._ids, common_prefix, batching.with_system)
 
 
 @dataclass

@@ -4,13 +4,25 @@
   model says the same things to everyone).
 - ``repetition_rate``: the fraction of a text's word n-grams that repeat an earlier n-gram of the
   same text (degenerate loops score high).
+- ``common_prefix``: how many leading tokens two token sequences share (where a prompt ends inside
+  a tokenized pair; how far two engines' greedy outputs agree).
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 
 _WORD = re.compile(r"\w+|[^\w\s]")
+
+
+def common_prefix(a: Sequence, b: Sequence) -> int:
+    n = 0
+    for x, y in zip(a, b):
+        if x != y:
+            break
+        n += 1
+    return n
 
 
 def words(text: str) -> list[str]:

@@ -11,7 +11,7 @@ from onbrand.eval.metrics.drift import drift
 from onbrand.eval.metrics.logprobs import implicit_reward, kl_estimate, perplexity, token_logprobs, windows
 from onbrand.eval.metrics.winrate import fit_lc, outcomes, win_rates
 from onbrand.stats.ci import bootstrap, mean_ci
-from onbrand.stats.text import distinct_n, repetition_rate
+from onbrand.stats.text import common_prefix, distinct_n, repetition_rate
 
 
 def test_bootstrap_ci_covers_truth():
@@ -103,6 +103,9 @@ def test_distinct_and_repetition_known_values():
     assert repetition_rate("x y z w x y z w") == pytest.approx(1 / 5)  # 5 four-grams, 1 repeat
     assert repetition_rate("x y z w " * 3) == pytest.approx(5 / 9)
     assert repetition_rate("one two three four five") == 0.0
+    assert [
+        common_prefix(a, b) for a, b in (([1, 2, 3], [1, 2, 4]), ([1, 2], [1, 2, 3]), ([5], [6]), ([], [1]))
+    ] == [2, 2, 0, 0]
     d = drift(["a b c"], ["a b c d e f"], [3], [6])
     assert d["length_ratio"] == 0.5 and d["base"]["tokens"]["median"] == 6.0
 

@@ -160,3 +160,11 @@ def test_cli_verify_from_repo_root_without_safe_path(merged_export, repo_root):
     proc = subprocess.run([exe, "export", "verify", str(merged_export), "--vllm", "off"],
                           cwd=repo_root, env=env, capture_output=True, text=True, timeout=600)  # fmt: skip
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+
+
+def test_greedy_agreement_counts_tokens_before_the_first_difference():
+    from onbrand.export.verify import greedy_agreement
+
+    # 2 of 3 tokens agree before a flip, 0 of 2 in the second; vLLM's lengths are the denominator.
+    assert greedy_agreement([[1, 2, 3], [4]], [[1, 2, 9], [5, 6]]) == pytest.approx(2 / 5)
+    assert greedy_agreement([[7, 8]], [[7, 8]]) == 1.0
