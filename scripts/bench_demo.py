@@ -53,7 +53,9 @@ def run_once(repo: Path, out_dir: Path, cache: Path, config: str) -> dict:
                 # What the run concluded, so a speed-up is read beside the numbers it produced.
                 stages[s]["eval_summary"] = res.get("summary")
                 stages[s]["verdict"] = res.get("verdict")
-                stages[s]["gate_passed"] = (res.get("gate") or {}).get("passed")
+                gate = res.get("gate") or {}
+                stages[s]["gate_passed"] = gate.get("passed")
+                stages[s]["gate_failed"] = [c["name"] for c in gate.get("checks", []) if not c["passed"]]
     return {
         "returncode": proc.returncode,  # 1 = the release gate failed (the pipeline still ran)
         "load_avg_1m_at_start": round(load, 2),
@@ -97,7 +99,8 @@ def _table(label: str, cache: str, r: dict, run: dict) -> list[str]:
                   f"seconds per metric family: {fams or 'not recorded'}", ""]  # fmt: skip
     ev = run["stages"].get("eval") or {}
     if ev.get("eval_summary"):
-        lines += [f"eval result (test split; gate passed: {ev.get('gate_passed')}): "
+        failed = f" (failed: {', '.join(ev['gate_failed'])})" if ev.get("gate_failed") else ""
+        lines += [f"eval result (test split; gate passed: {ev.get('gate_passed')}{failed}): "
                   + "; ".join(f"{k} {v}" for k, v in ev["eval_summary"].items()), ""]  # fmt: skip
     return lines
 
