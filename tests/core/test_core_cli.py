@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 import importlib
+import os
+import subprocess
+import sys
+
+import pytest
 
 from onbrand.cli import STAGE_MODULES, build_parser, main
 
@@ -42,3 +47,20 @@ def test_run_has_a_verbose_switch():
     assert parser.parse_args(["run", "x.yaml", "-v"]).verbose
     assert parser.parse_args(["run", "x.yaml", "--verbose"]).verbose
     assert not parser.parse_args(["run", "x.yaml"]).verbose
+
+
+def test_cli_starts_child_interpreters_with_safe_path(monkeypatch, repo_root):
+    """From the checkout's root a child ``python -m`` (vLLM's model-registry probe) imported the
+    repository's ``kernels/`` instead of PyPI's; the CLI sets PYTHONSAFEPATH for every child."""
+
+    def child_imports_repo_kernels() -> bool:
+        cmd = [sys.executable, "-c", "import kernels"]
+        proc = subprocess.run(cmd, cwd=repo_root, capture_output=True, text=True, env=dict(os.environ))
+        return "onbrand's kernels folder" in proc.stderr
+
+    monkeypatch.delenv("PYTHONSAFEPATH", raising=False)
+    assert child_imports_repo_kernels()  # the trap exists without the variable
+    with pytest.raises(SystemExit):
+        main(["--version"])
+    assert os.environ["PYTHONSAFEPATH"] == "1"
+    assert not child_imports_repo_kernels()

@@ -121,6 +121,9 @@ def test_onbrand_run_every_real_stage(tmp_path, repo_root, eval_tiny_dir):
     env = {k: v for k, v in os.environ.items() if k != "PYTHONSAFEPATH"}
     env.update(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", HF_DATASETS_OFFLINE="1", WANDB_MODE="offline")
     env.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+    # A cold vLLM model-info cache: vLLM then probes the model class in a child interpreter, which
+    # must not pick up the repository's folders (a warm cache from earlier tests hid that).
+    env["VLLM_CACHE_ROOT"] = str(tmp_path / "vllm-cache")
 
     before = _repo_state(repo_root)
     proc = _onbrand_run(onbrand, cfg_path, repo_root, env)
