@@ -55,7 +55,7 @@ def test_cli_starts_child_interpreters_with_safe_path(monkeypatch, repo_root):
 
     def child_imports_repo_kernels() -> bool:
         cmd = [sys.executable, "-c", "import kernels"]
-        proc = subprocess.run(cmd, cwd=repo_root, capture_output=True, text=True, env=dict(os.environ))
+        proc = subprocess.run(cmd, cwd=repo_root, capture_output=True, text=True)  # inherits os.environ
         return "onbrand's kernels folder" in proc.stderr
 
     monkeypatch.delenv("PYTHONSAFEPATH", raising=False)
